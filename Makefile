@@ -1,0 +1,32 @@
+# Front door: `make sim`, `make test`. Every target sets itself up on first use.
+SHELL := /bin/bash
+VENV := build/venv
+PY := $(VENV)/bin/python
+MPY := $(VENV)/bin/micropython
+SETUP := build/.setup-ok
+# The unix port's whole module search path; keep .frozen (asyncio, ssl).
+export MICROPYPATH := firmware:build/lib:.frozen
+
+.PHONY: setup sim test run deploy bench clean
+
+$(SETUP): tools/requirements.txt tools/setup_env.sh tools/fetch_mpy_lib.sh
+	tools/setup_env.sh
+	touch $@
+
+setup: $(SETUP)
+
+sim: $(SETUP)
+	$(PY) -m tools.sim $(SIMARGS)
+
+test: $(SETUP)
+	$(PY) -m pytest host_tests $(PYTEST_ARGS)
+
+run: $(SETUP)
+	@test -n "$(CONFIG)" || { echo "usage: make run CONFIG=site.json" >&2; exit 2; }
+	$(PY) tools/run_unix.py "$(CONFIG)"
+
+bench: $(SETUP)
+	$(PY) -m tools.bench
+
+clean:
+	rm -rf build

@@ -1,0 +1,42 @@
+# Builds the hardware the config asks for, from the board's pin map.
+# The only place (with hal/) that imports `machine`; everything else gets
+# streams and buses passed in, so the unix port runs the very same drivers.
+
+
+def host_port(text):
+    i = text.rfind(":")
+    return text[:i], int(text[i + 1:])
+
+
+def inverter_stream(cfg, board):
+    """-> (stream, baud or None). baud None means no serial timing (TCP)."""
+    link = cfg["inverter"]["link"]
+    if link.startswith("tcp:"):
+        from v2g.hal.tcpstream import TcpStream
+
+        host, port = host_port(link[4:])
+        return TcpStream(host, port), None
+    import machine
+
+    from v2g.hal.uart485 import Rs485
+
+    rs = board["rs485"]
+    baud = cfg["inverter"]["baud"] or rs["baud"]
+    uart = machine.UART(
+        rs["uart"], baudrate=baud, bits=rs["bits"], parity=rs["parity"], stop=rs["stop"],
+        tx=machine.Pin(rs["tx"]), rx=machine.Pin(rs["rx"]), timeout=0, rxbuf=512,
+    )
+    de = None
+    if rs.get("de") is not None:
+        de = machine.Pin(rs["de"], machine.Pin.OUT, value=1 - rs["de_active"])
+    return Rs485(uart, de, rs["de_active"], baud), baud
+
+
+def watchdog(board):
+    """A hardware watchdog when the board has one, else None."""
+    ms = board.get("watchdog_ms") or 0
+    if not ms:
+        return None
+    import machine
+
+    return machine.WDT(timeout=ms)

@@ -1,0 +1,91 @@
+# One clock for control, plan and reports: monotonic ticks and wall time.
+#
+# On a board, ticks are time.ticks_ms() and wall time is the RTC (set by NTP).
+# On the unix port a warped clock runs faster than real time, so a simulated
+# day takes a minute; the simulator (tools/sim/clock.py) evaluates the same
+# formula from the same parameters, so both processes agree on "now":
+#     sim_ms = sim_epoch_ms + (real_ms - real_epoch_ms) * warp
+# The parameters come as "warp,real_epoch_ms,sim_epoch_ms" (env V2G_CLOCK).
+#
+# Transport timeouts (Modbus, sockets) stay in real time: they are physics.
+import time
+
+# Boards whose RTC epoch is 2000-01-01 report gmtime(0) as year 2000.
+_EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
+# time.ticks_* work modulo a port-specific period; keep warped ticks in it.
+_TICKS_MASK = time.ticks_add(0, -1)
+
+
+class Clock:
+    """Real time: the board's own ticks and RTC."""
+
+    warp = 1
+
+    def ticks_ms(self):
+        return time.ticks_ms()
+
+    def ticks_diff(self, a, b):
+        return time.ticks_diff(a, b)
+
+    def ticks_add(self, a, b):
+        return time.ticks_add(a, b)
+
+    def time(self):
+        """Wall time, unix seconds (int)."""
+        return int(time.time()) + _EPOCH_OFFSET_S
+
+    def sleep_ms(self, ms):
+        if ms > 0:
+            time.sleep_ms(ms)
+
+
+class WarpClock(Clock):
+    """Simulated time running `warp` times faster than real time."""
+
+    def __init__(self, warp, real_epoch_ms, sim_epoch_ms):
+        if warp <= 0:
+            raise ValueError("warp must be > 0")
+        self.warp = warp
+        self._real0 = real_epoch_ms
+        self._sim0 = sim_epoch_ms
+
+    def _sim_ms(self):
+        real_ms = time.time_ns() // 1000000
+        return self._sim0 + int((real_ms - self._real0) * self.warp)
+
+    def ticks_ms(self):
+        return self._sim_ms() & _TICKS_MASK
+
+    def time(self):
+        return self._sim_ms() // 1000
+
+    def sleep_ms(self, ms):
+        if ms > 0:
+            us = int(ms * 1000 / self.warp)
+            if us > 0:
+                time.sleep_us(us)
+
+
+def parse(spec):
+    """'warp,real_epoch_ms,sim_epoch_ms' -> WarpClock."""
+    parts = spec.split(",")
+    if len(parts) != 3:
+        raise ValueError("clock spec must be warp,real_epoch_ms,sim_epoch_ms")
+    return WarpClock(float(parts[0]), int(parts[1]), int(parts[2]))
+
+
+def from_env():
+    """The warped clock named by V2G_CLOCK on the unix port, else real time."""
+    try:
+        import os
+
+        spec = os.getenv("V2G_CLOCK")
+    except (ImportError, AttributeError):
+        spec = None
+    return parse(spec) if spec else Clock()
+
+
+def local_minute(clock_or_unix_s, utc_offset_min):
+    """Minutes after local midnight."""
+    t = clock_or_unix_s if isinstance(clock_or_unix_s, int) else clock_or_unix_s.time()
+    return ((t // 60) + utc_offset_min) % 1440

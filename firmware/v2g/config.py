@@ -1,0 +1,400 @@
+# Site config: one JSON file, validated before anything else starts.
+#
+# validate() returns a new dict with every optional key filled in, or raises
+# ConfigError naming the key path and the rule broken. Unknown keys are errors:
+# a typo must not silently drop a limit. The rules are CONTRACT.md section 2;
+# optional keys and their defaults are listed in README.md.
+
+# Power limits are bounded so every fixed-point product in the control kernel
+# stays inside +-2**29 (31-bit small ints on the boards).
+_MAX_W = const(1000000)
+_MAX_WH = const(10000000)
+
+
+class ConfigError(Exception):
+    def __init__(self, path, rule):
+        super().__init__(path + ": " + rule)
+        self.path = path
+        self.rule = rule
+
+
+# --- value checkers: each returns the (possibly normalised) value or raises
+
+
+def _num(path, v, lo=None, hi=None):
+    # bool is an int in Python; a JSON true must not pass as 1.
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(path, "must be a number")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ConfigError(path, "must be a finite number")
+    if lo is not None and v < lo:
+        raise ConfigError(path, "must be >= " + str(lo))
+    if hi is not None and v > hi:
+        raise ConfigError(path, "must be <= " + str(hi))
+    return v
+
+
+def _int(path, v, lo=None, hi=None):
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(path, "must be an integer")
+    return _num(path, v, lo, hi)
+
+
+def _pct(path, v):
+    return _num(path, v, 0, 100)
+
+
+def _bool(path, v):
+    if not isinstance(v, bool):
+        raise ConfigError(path, "must be true or false")
+    return v
+
+
+def _str(path, v, max_len=255):
+    if not isinstance(v, str) or not v:
+        raise ConfigError(path, "must be a non-empty string")
+    if len(v) > max_len:
+        raise ConfigError(path, "must be at most " + str(max_len) + " characters")
+    return v
+
+
+def hhmm_to_min(path, v):
+    """'HH:MM' -> minutes after midnight."""
+    if not isinstance(v, str) or len(v) != 5 or v[2] != ":":
+        raise ConfigError(path, 'must be "HH:MM"')
+    hh, mm = v[:2], v[3:]
+    if not (hh.isdigit() and mm.isdigit()):
+        raise ConfigError(path, 'must be "HH:MM"')
+    h, m = int(hh), int(mm)
+    if h > 23 or m > 59:
+        raise ConfigError(path, 'must be "HH:MM" with HH 00-23 and MM 00-59')
+    return h * 60 + m
+
+
+def _device_id(path, v):
+    _str(path, v, 32)
+    for c in v:
+        if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "-"):
+            raise ConfigError(path, "must match [a-z0-9-]{1,32}")
+    return v
+
+
+def _hex64(path, v):
+    if not isinstance(v, str) or len(v) != 64:
+        raise ConfigError(path, "must be 64 hex characters")
+    for c in v:
+        if c not in "0123456789abcdefABCDEF":
+            raise ConfigError(path, "must be 64 hex characters")
+    return v
+
+
+def _host_port(path, text):
+    # "HOST:PORT"; HOST may be a name or an IPv4 address.
+    i = text.rfind(":")
+    if i <= 0 or not text[i + 1:].isdigit():
+        raise ConfigError(path, 'must be "HOST:PORT"')
+    port = int(text[i + 1:])
+    if not 1 <= port <= 65535:
+        raise ConfigError(path, "port must be 1..65535")
+    return text[:i], port
+
+
+def _inverter_link(path, v):
+    if v == "uart":
+        return v
+    if isinstance(v, str) and v.startswith("tcp:"):
+        _host_port(path, v[4:])
+        return v
+    raise ConfigError(path, 'must be "uart" or "tcp:HOST:PORT"')
+
+
+def _vehicle_link(path, v):
+    if v == "can":
+        return v
+    if isinstance(v, str) and v.startswith("slcan:") and len(v) > 6:
+        return v
+    if isinstance(v, str) and v.startswith("slcan-tcp:"):
+        _host_port(path, v[10:])
+        return v
+    raise ConfigError(path, 'must be "can", "slcan:PATH" or "slcan-tcp:HOST:PORT"')
+
+
+def _file(path, v):
+    _str(path, v)
+    try:
+        import os
+
+        os.stat(v)
+    except OSError:
+        raise ConfigError(path, "file not found: " + v)
+    return v
+
+
+def _choice(*options):
+    def check(path, v):
+        if v not in options:
+            shown = ['"' + o + '"' if isinstance(o, str) else str(o) for o in options]
+            raise ConfigError(path, "must be one of " + ", ".join(shown))
+        return v
+
+    return check
+
+
+def _rng(fn, lo=None, hi=None):
+    return lambda path, v: fn(path, v, lo, hi)
+
+
+# --- schema: key -> (checker, default); REQUIRED marks the contract's keys
+
+REQUIRED = object()
+
+_TLS_SCHEMA = {
+    "ca": (_file, REQUIRED),
+    "cert": (_file, None),
+    "key": (_file, None),
+}
+
+
+def _tls(path, v):
+    if v is False:
+        return False
+    if not isinstance(v, dict):
+        raise ConfigError(path, 'must be false or {"ca": ..., "cert": ..., "key": ...}')
+    out = _section(path, v, _TLS_SCHEMA)
+    if (out["cert"] is None) != (out["key"] is None):
+        raise ConfigError(path, '"cert" and "key" must be given together')
+    return out
+
+
+def _periods(path, v):
+    if not isinstance(v, list) or not v:
+        raise ConfigError(path, "must be a non-empty list")
+    if len(v) > 48:
+        raise ConfigError(path, "at most 48 periods")
+    out = []
+    for i, p in enumerate(v):
+        ppath = path + "[" + str(i) + "]"
+        out.append(_section(ppath, p, _PERIOD_SCHEMA))
+    _check_coverage(path, out)
+    return out
+
+
+_PERIOD_SCHEMA = {
+    "start": (hhmm_to_min, REQUIRED),
+    "end": (hhmm_to_min, REQUIRED),
+    "import": (_num, REQUIRED),
+    "export": (_num, REQUIRED),
+}
+
+
+def _check_coverage(path, periods):
+    # Each minute of the day must belong to exactly one period. start == end
+    # would be an empty (or ambiguous full-day) period: refused.
+    owner = bytearray(1440)  # 0 = free, else index + 1
+    for i, p in enumerate(periods):
+        s, e = p["start"], p["end"]
+        if s == e:
+            raise ConfigError(path + "[" + str(i) + "]", "start and end must differ")
+        m = s
+        while m != e:
+            if owner[m]:
+                raise ConfigError(
+                    path + "[" + str(i) + "]",
+                    "overlaps periods[" + str(owner[m] - 1) + "] at " + min_to_hhmm(m),
+                )
+            owner[m] = i + 1
+            m = (m + 1) % 1440
+    for m in range(1440):
+        if not owner[m]:
+            e = m
+            while e < 1440 and not owner[e]:
+                e += 1
+            raise ConfigError(path, "gap from " + min_to_hhmm(m) + " to " + min_to_hhmm(e % 1440))
+
+
+def min_to_hhmm(m):
+    return "%02d:%02d" % (m // 60, m % 60)
+
+
+SCHEMA = {
+    "device_id": (_device_id, REQUIRED),
+    "board": (_str, REQUIRED),
+    "utc_offset_min": (_rng(_int, -720, 840), 0),
+    "inverter": {
+        "driver": (_choice("sunspec"), REQUIRED),
+        "link": (_inverter_link, REQUIRED),
+        "unit": (_rng(_int, 1, 247), REQUIRED),
+        "baud": (_rng(_int, 1200, 1000000), None),  # None: the board config's
+        "base_addr": (_rng(_int, 0, 65535), None),  # None: scan 40000, 0, 50000
+        "timeout_ms": (_rng(_int, 10, 5000), 100),
+        "retries": (_rng(_int, 0, 5), 2),
+        "revert_s": (_rng(_int, 2, 3600), 10),
+    },
+    "battery": {
+        "capacity_wh": (_rng(_num, 1, _MAX_WH), REQUIRED),
+        "soc_min_pct": (_pct, REQUIRED),
+        "soc_max_pct": (_pct, REQUIRED),
+        "reserve_pct": (_pct, REQUIRED),
+        "charge_eff": (_rng(_num, 0.5, 1), 0.93),
+        "discharge_eff": (_rng(_num, 0.5, 1), 0.93),
+        "wear_cost_per_kwh": (_rng(_num, 0, 1000), 0.0),
+    },
+    "limits": {
+        "charge_w": (_rng(_int, 1, _MAX_W), REQUIRED),
+        "discharge_w": (_rng(_int, 0, _MAX_W), REQUIRED),
+        "ramp_w_per_s": (_rng(_int, 1, _MAX_W), REQUIRED),
+    },
+    "control": {
+        "period_ms": (_rng(_int, 50, 5000), 200),
+        "stale_periods": (_rng(_int, 2, 50), 5),
+    },
+    "grid": {
+        "nominal_hz": (_choice(50, 60), 50),
+        "freq_response": (_bool, True),
+        "deadband_mhz": (_rng(_int, 0, 2000), 200),
+        "droop_pct": (_rng(_num, 1, 20), 5),
+    },
+    "departure": {
+        "time": (hhmm_to_min, REQUIRED),
+        "soc_pct": (_pct, REQUIRED),
+        "buffer_min": (_rng(_int, 0, 240), 30),
+    },
+    "tariff": {
+        "periods": (_periods, REQUIRED),
+        "currency": (lambda p, v: _str(p, v, 8), REQUIRED),
+    },
+    "plan": {
+        "replan_s": (_rng(_int, 5, 3600), 60),
+    },
+    "mqtt": {
+        "host": (_str, REQUIRED),
+        "port": (_rng(_int, 1, 65535), REQUIRED),
+        "tls": (_tls, REQUIRED),
+        "keepalive_s": (_rng(_int, 5, 3600), 60),
+        "user": (_str, None),
+        "password": (_str, None),
+        "client_id": (lambda p, v: _str(p, v, 23), None),  # None: device_id
+        "telemetry_s": (_rng(_int, 1, 3600), 10),
+        "outbox_records": (_rng(_int, 16, 100000), 2000),
+    },
+    "vehicle": {
+        "driver": (_choice("none", "chademo"), "none"),
+        "link": (_vehicle_link, None),
+        "soc_mismatch_pct": (_rng(_num, 1, 50), 10),
+    },
+    "store": {
+        "dir": (_str, "data"),
+    },
+    "command_key": (_hex64, REQUIRED),
+}
+
+
+def _section(path, value, schema):
+    if not isinstance(value, dict):
+        raise ConfigError(path or "config", "must be an object")
+    for k in value:
+        if k not in schema:
+            raise ConfigError(_join(path, k), "unknown key")
+    # Missing required keys are reported before bad values, so the message
+    # does not depend on dict order (MicroPython dicts are unordered).
+    for k, spec in schema.items():
+        if k not in value:
+            if isinstance(spec, dict) and _has_required(spec) or not isinstance(spec, dict) and spec[1] is REQUIRED:
+                raise ConfigError(_join(path, k), "required")
+    out = {}
+    for k, spec in schema.items():
+        kpath = _join(path, k)
+        if isinstance(spec, dict):
+            out[k] = _section(kpath, value.get(k, {}), spec)
+        elif k in value:
+            out[k] = spec[0](kpath, value[k])
+        else:
+            out[k] = spec[1]
+    return out
+
+
+def _has_required(schema):
+    for spec in schema.values():
+        if isinstance(spec, dict):
+            if _has_required(spec):
+                return True
+        elif spec[1] is REQUIRED:
+            return True
+    return False
+
+
+def _join(path, key):
+    return path + "." + key if path else key
+
+
+def _check_order(cfg):
+    b = cfg["battery"]
+    if not b["soc_min_pct"] <= b["reserve_pct"]:
+        raise ConfigError("battery.reserve_pct", "must be >= battery.soc_min_pct")
+    if not b["reserve_pct"] <= b["soc_max_pct"]:
+        raise ConfigError("battery.soc_max_pct", "must be >= battery.reserve_pct")
+    if not b["reserve_pct"] <= cfg["departure"]["soc_pct"]:
+        raise ConfigError("departure.soc_pct", "must be >= battery.reserve_pct")
+    v = cfg["vehicle"]
+    if v["driver"] != "none" and v["link"] is None:
+        raise ConfigError("vehicle.link", "required when vehicle.driver is not \"none\"")
+
+
+def check_board(cfg, board):
+    """The config's links must exist on the chosen board."""
+    if cfg["inverter"]["link"] == "uart" and not board.get("rs485"):
+        raise ConfigError("inverter.link", 'board "' + cfg["board"] + '" has no RS-485 UART')
+    if cfg["vehicle"]["link"] == "can" and not board.get("can"):
+        raise ConfigError("vehicle.link", 'board "' + cfg["board"] + '" has no CAN controller')
+
+
+def validate(raw):
+    cfg = _section("", raw, SCHEMA)
+    _check_order(cfg)
+    if cfg["mqtt"]["client_id"] is None:
+        cfg["mqtt"]["client_id"] = cfg["device_id"]
+    return cfg
+
+
+def load(path):
+    """Read and validate a config file. Raises ConfigError (path 'config' for
+    unreadable files or invalid JSON)."""
+    import json
+
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        raise ConfigError("config", "cannot read " + path)
+    try:
+        raw = json.loads(text)
+    except ValueError:
+        raise ConfigError("config", "not valid JSON: " + path)
+    return validate(raw)
+
+
+def load_board(boards_dir, name):
+    import json
+
+    for c in name:
+        if not ("a" <= c <= "z" or "0" <= c <= "9" or c in "_-"):
+            raise ConfigError("board", "must be a board name like esp32_devkitc")
+    try:
+        with open(boards_dir + "/" + name + ".json") as f:
+            return json.loads(f.read())
+    except OSError:
+        raise ConfigError("board", 'no board config "' + name + '" in ' + boards_dir)
+    except ValueError:
+        raise ConfigError("board", "board config " + name + ".json is not valid JSON")
+
+
+def redacted(cfg):
+    """A copy safe to print: secrets replaced."""
+    out = {}
+    for k, v in cfg.items():
+        if isinstance(v, dict):
+            v = redacted(v)
+        elif k in ("command_key", "password", "key") and v:
+            v = "***"
+        out[k] = v
+    return out

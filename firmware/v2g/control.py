@@ -1,0 +1,213 @@
+# The control loop: one fixed-period tick = measure, plan, guard, kernel, act.
+#
+# Southbound I/O lives in this loop on purpose: the inverter is the actuator,
+# and each Modbus transaction is bounded (timeout x retries), so a dead link
+# costs one bounded stall and then fault mode. Nothing here touches the
+# network; the cloud link (a separate thread) only reads `snapshot()` and
+# posts commands through `Controller` methods that just set fields.
+from micropython import const
+
+from v2g import kernel as K
+from v2g import log
+from v2g.guard import FAULT, HOLD, Guard, Meas
+from v2g.modbus import ModbusError
+from v2g.plan import Plan
+
+_SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan's basis
+
+
+class Controller:
+    def __init__(self, cfg, clock, inverter):
+        self.cfg = cfg
+        self.clock = clock
+        self.inv = inverter
+        self.period_ms = cfg["control"]["period_ms"]
+        self.meas = Meas()
+        self.guard = Guard(cfg, clock)
+        self.plan = Plan(cfg, clock)
+        k = K.new_state()
+        lim = cfg["limits"]
+        k[K.RAMP_W] = max(1, lim["ramp_w_per_s"] * self.period_ms // 1000)
+        g = cfg["grid"]
+        k[K.NOM_MHZ] = g["nominal_hz"] * 1000
+        k[K.DB_MHZ] = g["deadband_mhz"]
+        p_ref = max(lim["charge_w"], lim["discharge_w"])
+        k[K.K_W_PER_HZ] = K.droop_gain_w_per_hz(p_ref, g["nominal_hz"], g["droop_pct"])
+        self.freq_enabled = g["freq_response"]
+        self.k = k
+        self.tick_no = 0
+        self.link_ok = False
+        self.mode = "hold"
+        self.reason = "starting"
+        self.req_w = 0
+        self.req_reason = "plan_idle"
+        self.plan_soc_cpct = None
+        self.last_write_ms = None
+        self.heartbeat_ms = max(1000, cfg["inverter"]["revert_s"] * 1000 // 3)
+        self.probe_every = max(1, 1000 // self.period_ms)  # rediscovery at ~1 Hz
+        self.last_probe_tick = -1000000
+        self.hb_count = 0
+        self.link_errors = 0
+        self.last_link_error = None
+        self.overruns = 0
+
+    # --- southbound
+
+    def _southbound_read(self):
+        inv = self.inv
+        try:
+            if not inv.ready:
+                if self.tick_no - self.last_probe_tick < self.probe_every:
+                    return False
+                self.last_probe_tick = self.tick_no
+                inv.discover()
+                log.event("inverter", {"models": sorted(inv.models), "info": inv.info, "base": inv.base})
+            inv.refresh(self.meas, self.tick_no)
+            return True
+        except ModbusError as e:
+            self._link_error(e)
+            return False
+
+    def _link_error(self, e):
+        self.link_errors += 1
+        self.last_link_error = type(e).__name__ + ": " + str(e)
+        # Rediscover once it answers again: a power-cycled inverter may come
+        # back with another map or other scale factors.
+        self.inv.ready = False
+
+    def _southbound_write(self, sp_w, now_ms):
+        inv = self.inv
+        due = self.last_write_ms is None or self.clock.ticks_diff(now_ms, self.last_write_ms) >= self.heartbeat_ms
+        if inv.last_wset == sp_w and not due:
+            return
+        try:
+            inv.write_setpoint(sp_w)
+            if due:
+                self.hb_count += 1
+                inv.heartbeat(self.hb_count)
+            self.last_write_ms = now_ms
+        except ModbusError as e:
+            self._link_error(e)
+            self.link_ok = False
+
+    # --- plan
+
+    def _plan_request(self, now_s):
+        soc = self.guard.soc_cpct
+        if soc is None:
+            return 0, "soc_unknown", None
+        drift = self.plan_soc_cpct is None or abs(soc - self.plan_soc_cpct) >= _SOC_REPLAN_CPCT
+        if drift or self.plan.due(now_s):
+            self.plan.recompute(soc / 100, now_s)
+            self.plan_soc_cpct = soc
+        return self.plan.request(now_s)
+
+    # --- one tick
+
+    def tick(self):
+        self.tick_no += 1
+        now_ms = self.clock.ticks_ms()
+        now_s = self.clock.time()
+        self.link_ok = self._southbound_read()
+        g = self.guard
+        # the guard judges the measurements first, so the plan only ever
+        # sees a SoC the guard trusts
+        g.update(self.tick_no, self.meas, self.link_ok)
+        req_w, why, ceiling_pct = self._plan_request(now_s)
+        self.req_w = req_w
+        self.req_reason = why
+        g.limits(None if ceiling_pct is None else int(ceiling_pct * 100 + 0.5))
+        k = self.k
+        k[K.REQ_W] = req_w
+        k[K.LO_W] = g.lo_w
+        k[K.HI_W] = g.hi_w
+        k[K.HZ_MHZ] = g.hz_mhz or 0
+        k[K.FREQ_EN] = 1 if self.freq_enabled and not self.inv.inverter_droop else 0
+        k[K.STOP] = 1 if g.state == FAULT else 0
+        sp = K.tick(k)
+        self._set_mode(g, req_w, why)
+        if self.link_ok:
+            self._southbound_write(sp, now_ms)
+        return sp
+
+    def _set_mode(self, g, req_w, why):
+        k = self.k
+        if g.state == FAULT:
+            mode, reason = "fault", g.reason
+        elif g.state == HOLD:
+            mode, reason = "hold", g.reason
+        else:
+            target = k[K.TARGET_W]
+            mode = "charge" if target > 0 else "discharge" if target < 0 else "idle"
+            reason = why
+            if req_w < 0 and g.at_floor:
+                reason = "reserve_reached"
+            elif req_w > 0 and g.at_ceiling:
+                reason = "soc_limit_reached"
+            elif k[K.DROOP_W] and (req_w == 0 or (target > 0) != (req_w > 0)):
+                reason = "freq_response"
+        if mode != self.mode or reason != self.reason:
+            self.mode, self.reason = mode, reason
+            log.event("mode", self.snapshot())
+
+    def snapshot(self):
+        """The state record (CONTRACT section 4 `state`)."""
+        g = self.guard
+        m = self.meas
+        soc = g.soc_cpct
+        return {
+            "ts": self.clock.time(),
+            "mode": self.mode,
+            "soc_pct": None if soc is None else soc / 100,
+            "ev_w": g.ev_w,
+            "setpoint_w": self.k[K.SP_W],
+            "reserve_pct": g.reserve_cpct / 100,
+            "grid_hz": None if g.hz_mhz is None else g.hz_mhz / 1000,
+            "fault": g.fault,
+            "reason": self.reason,
+            "wh_in": getattr(m, "wh_in", None),
+            "wh_out": getattr(m, "wh_out", None),
+        }
+
+    def stop_output(self):
+        """Best effort on a clean stop: command 0 W (the inverter's reversion
+        timer covers the case where this write cannot get through)."""
+        try:
+            if self.inv.ready:
+                self.inv.write_setpoint(0)
+        except ModbusError:
+            pass
+
+    def _internal_error(self, e):
+        # A bug must not leave power flowing: stop the kernel, command 0 W,
+        # report, and go on ticking (the next tick may well succeed).
+        self.internal_errors = getattr(self, "internal_errors", 0) + 1
+        self.k[K.STOP] = 1
+        K.tick(self.k)
+        self.stop_output()
+        log.event("internal_error", {"error": type(e).__name__ + ": " + str(e)})
+
+    # --- loop
+
+    def run(self, stop_after_ticks=None):
+        clock = self.clock
+        period = self.period_ms
+        next_ms = clock.ticks_ms()
+        n = 0
+        while stop_after_ticks is None or n < stop_after_ticks:
+            try:
+                self.tick()
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # noqa: BLE001 - the loop must outlive a bug
+                self._internal_error(e)
+            n += 1
+            next_ms = clock.ticks_add(next_ms, period)
+            late = clock.ticks_diff(clock.ticks_ms(), next_ms)
+            if late > 0:
+                # Overrun: start the next tick now, never a burst of catch-up
+                # ticks (they would act on the same stale measurements).
+                self.overruns += 1
+                next_ms = clock.ticks_ms()
+            else:
+                clock.sleep_ms(-late)

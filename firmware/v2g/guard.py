@@ -1,0 +1,222 @@
+# Guard: the local state-of-charge protection state machine (CONTRACT section 6).
+#
+# Runs every control tick, before the kernel, and never waits on anything: it
+# only reads the latest measurements. It decides
+#   - the state: fault / hold / run (run becomes idle, charge or discharge by
+#     the sign of the kernel's target, see app.py), with a reason;
+#   - the power window [lo_w, hi_w] the kernel must keep the setpoint in.
+#
+# Transitions (the README has this table):
+#   any    -> fault  link lost (southbound)                 recovers by itself
+#   any    -> fault  inverter reports a fault               latched until clear_fault()
+#   any    -> hold   paused by a technician                 until resume()
+#   any    -> hold   SoC or power unknown/stale/implausible until fresh and plausible
+#   hold/fault -> run  when none of the above holds
+#   run: lo_w = 0 (no export) at or below reserve; hi_w = 0 at the ceiling
+#        (soc_max, or departure.soc_pct while charging for departure);
+#        both taper in the last few Wh so the battery stops at the limit.
+
+FAULT = const(0)
+HOLD = const(1)
+RUN = const(2)
+STATE_NAMES = ("fault", "hold", "run")
+
+# Power tapers to zero over the last TAPER_S seconds of full-power travel to a
+# limit, so measurement and tick latency cannot carry the SoC past it.
+_TAPER_S = const(10)
+_TAPER_CPCT = const(1000)  # beyond 10 % from a limit there is no taper
+
+_FAULT_LOG_LEN = const(20)
+# The plan aims this far above departure.soc_pct so that rounding of the SoC
+# reading can never leave the car just under the promise.
+DEP_MARGIN_CPCT = const(10)
+
+
+class Meas:
+    """Latest southbound measurements; None = unknown. Reused, never reallocated."""
+
+    def __init__(self):
+        self.soc_cpct = None  # 0.01 %
+        self.ev_w = None
+        self.hz_mhz = None
+        self.inv_fault = None  # None or a short code, e.g. "inverter_alarm"
+        self.soc_res_cpct = 1  # resolution of the SoC reading
+        self.soc_tick = -1  # tick number of the last fresh SoC sample
+        self.ev_tick = -1
+        self.hz_tick = -1
+
+
+class Guard:
+    def __init__(self, cfg, clock):
+        b = cfg["battery"]
+        self.clock = clock
+        self.soc_min_cpct = int(b["soc_min_pct"] * 100 + 0.5)
+        self.reserve_cpct = int(b["reserve_pct"] * 100 + 0.5)
+        self.soc_max_cpct = int(b["soc_max_pct"] * 100 + 0.5)
+        self.dep_cpct = int(cfg["departure"]["soc_pct"] * 100 + 0.5)
+        self.capacity_wh = b["capacity_wh"]
+        lim = cfg["limits"]
+        self.charge_w = lim["charge_w"]
+        self.discharge_w = lim["discharge_w"]
+        self.stale_ticks = cfg["control"]["stale_periods"]
+        # W allowed per 0.01 % of SoC left before a limit (see _TAPER_S)
+        self.w_per_cpct = max(1, int(b["capacity_wh"] * 36 / (100 * _TAPER_S)))
+        # Plausibility: SoC cannot move faster than 1.5x full power allows.
+        self.max_soc_rate_cpct_per_s = (
+            max(self.charge_w, self.discharge_w) * 1.5 * 10000 / 3600 / b["capacity_wh"]
+        )
+        self.max_ev_w = int(max(self.charge_w, self.discharge_w) * 1.5) + 500
+        self.paused = False
+        self.latched = None  # latched inverter fault code
+        self.clear_requested = False
+        self.state = HOLD
+        self.reason = "starting"
+        self.fault = None
+        self.lo_w = 0
+        self.hi_w = 0
+        self.at_floor = False  # RUN: export blocked by reserve/floor
+        self.at_ceiling = False  # RUN: charging blocked by the ceiling
+        self.soc_cpct = None  # the SoC the guard trusts, or None
+        self.hz_mhz = None
+        self.ev_w = None
+        self._soc_ref = None  # (soc_cpct, ms) last accepted sample
+        self._soc_suspect = 0  # consecutive implausible samples
+        self._res_cpct = 1
+        self.fault_log = []  # (unix_s, "raised"/"cleared", code)
+
+    # --- commands (technician, cloud)
+
+    def pause(self):
+        self.paused = True
+
+    def resume(self):
+        self.paused = False
+
+    def clear_fault(self):
+        """Ask to clear a latched inverter fault; it clears at the next tick
+        if the inverter no longer reports it. Returns True if one was latched."""
+        self.clear_requested = True
+        return self.latched is not None
+
+    def set_reserve(self, pct):
+        self.reserve_cpct = int(pct * 100 + 0.5)
+
+    def set_departure_soc(self, pct):
+        self.dep_cpct = int(pct * 100 + 0.5)
+
+    # --- per tick
+
+    def _fresh(self, tick, sample_tick):
+        return sample_tick >= 0 and tick - sample_tick <= self.stale_ticks
+
+    def _check_soc(self, tick, meas, now_ms):
+        soc = meas.soc_cpct
+        if soc is None or not self._fresh(tick, meas.soc_tick) or not 0 <= soc <= 10000:
+            return None
+        ref = self._soc_ref
+        if ref is not None:
+            dt_s = self.clock.ticks_diff(now_ms, ref[1]) / 1000
+            allowed = self.max_soc_rate_cpct_per_s * max(dt_s, 0) + 2 * meas.soc_res_cpct + 5
+            if abs(soc - ref[0]) > allowed:
+                # A jump physics does not allow: distrust it. A new level that
+                # stays put for several samples is accepted as the new truth
+                # (e.g. the inverter re-calibrated its SoC estimate).
+                self._soc_suspect += 1
+                if self._soc_suspect < 5:
+                    return None
+        self._soc_suspect = 0
+        if ref is None or ref[0] != soc or self.clock.ticks_diff(now_ms, ref[1]) > 1000:
+            self._soc_ref = (soc, now_ms)
+        return soc
+
+    def _record(self, what, code):
+        log = self.fault_log
+        log.append((self.clock.time(), what, code))
+        if len(log) > _FAULT_LOG_LEN:
+            log.pop(0)
+
+    def update(self, tick, meas, link_ok):
+        """Evaluate the protection rules on the latest measurements: sets
+        state, reason, fault and the trusted soc_cpct / ev_w / hz_mhz.
+        Call limits() next for the power window."""
+        now_ms = self.clock.ticks_ms()
+        soc = self._check_soc(tick, meas, now_ms)
+        self.soc_cpct = soc
+        ev = meas.ev_w if self._fresh(tick, meas.ev_tick) else None
+        if ev is not None and abs(ev) > self.max_ev_w:
+            ev = None
+        self.ev_w = ev
+        hz = meas.hz_mhz if self._fresh(tick, meas.hz_tick) else None
+        if hz is not None and not 45000 <= hz <= 65000:
+            hz = None
+        self.hz_mhz = hz
+
+        # Latched inverter fault: clears only on request and once gone.
+        if meas.inv_fault is not None and link_ok:
+            if self.latched is None:
+                self.latched = meas.inv_fault
+                self._record("raised", meas.inv_fault)
+        elif self.latched is not None and self.clear_requested and link_ok:
+            self._record("cleared", self.latched)
+            self.latched = None
+        self.clear_requested = False
+
+        prev_fault = self.fault
+        if not link_ok:
+            self._set(FAULT, "link_lost", "link_lost")
+        elif self.latched is not None:
+            self._set(FAULT, "inverter_fault", self.latched)
+        elif self.paused:
+            self._set(HOLD, "paused", None)
+        elif soc is None:
+            self._set(HOLD, "soc_unknown", None)
+        elif ev is None:
+            self._set(HOLD, "power_unknown", None)
+        else:
+            self._set(RUN, None, None)
+        self._res_cpct = meas.soc_res_cpct
+        if self.fault != prev_fault:
+            if prev_fault == "link_lost":
+                self._record("cleared", prev_fault)
+            if self.fault == "link_lost":
+                self._record("raised", "link_lost")
+        return self.state
+
+    def _set(self, state, reason, fault):
+        self.at_floor = False
+        self.at_ceiling = False
+        self.state = state
+        self.reason = reason
+        self.fault = fault
+        self.lo_w = 0
+        self.hi_w = 0
+
+    def limits(self, ceiling_cpct=None):
+        """Set [lo_w, hi_w] for this tick: 0..0 unless RUN. ceiling_cpct is
+        the plan's charge ceiling (None = soc_max); it is capped at
+        max(soc_max, departure soc)."""
+        if self.state != RUN:
+            return
+        soc = self.soc_cpct
+        # Limits are kept one SoC resolution step inside, so a reading that
+        # rounds up cannot hide a true SoC past the limit.
+        floor = max(self.reserve_cpct, self.soc_min_cpct) + max(1, self._res_cpct)
+        ceiling = self.soc_max_cpct
+        if ceiling_cpct is not None:
+            # charging for departure may pass soc_max, up to the departure
+            # SoC and the plan's small margin over it
+            ceiling = max(ceiling, min(ceiling_cpct, self.dep_cpct + DEP_MARGIN_CPCT, 10000))
+        self.at_floor = soc <= floor
+        self.at_ceiling = soc >= ceiling
+        self.lo_w = -self._taper(soc - floor, self.discharge_w)
+        self.hi_w = self._taper(ceiling - soc, self.charge_w)
+
+    def _taper(self, room_cpct, full_w):
+        if room_cpct <= 0:
+            return 0
+        if room_cpct >= _TAPER_CPCT:
+            return full_w
+        return min(full_w, room_cpct * self.w_per_cpct)
+
+    def stop(self):
+        return self.state == FAULT

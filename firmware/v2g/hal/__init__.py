@@ -1,0 +1,2 @@
+# Hardware abstraction. Only `v2g.board` and modules in this package import
+# `machine`; drivers receive streams, buses and pins built here.

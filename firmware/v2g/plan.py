@@ -1,0 +1,256 @@
+# Plan: when to charge and when to export, from the time-of-use tariff and the
+# owner's departure.
+#
+# The horizon runs from now to the next departure (minus a buffer, so a late
+# taper or a slow start cannot make the car miss it). It is cut into segments
+# at tariff boundaries; each segment gets an energy budget that is spread
+# evenly over it: the lowest power that does the job, which is the gentlest
+# on the battery. Recomputed every replan_s and whenever asked, from the
+# measured SoC, so errors never accumulate.
+#
+# Allocation, in order:
+#  1. Below the reserve: charge at once, earliest segments first.
+#  2. Departure: enough charge for departure.soc_pct, cheapest segments first
+#     (earliest among equals).
+#  3. Arbitrage, greedy by margin per battery kWh:
+#       export at a, recharge later at b:  q_a*eta_d - p_b/eta_c - wear
+#       charge at a, export later at b:    q_b*eta_d - p_a/eta_c - wear
+#       export surplus above the departure target: q_a*eta_d - p_min/eta_c - wear
+#     keeping the SoC path inside [reserve, soc_max] between the two ends.
+#     Arbitrage charges only in the cheapest tariff periods, so charging stays
+#     off-peak (the regulators' off-peak share); departure needs may use any.
+# Battery-side energy is what moves the SoC; limits and prices are on the AC
+# side: charging c battery-Wh takes c/eta_c from the grid, exporting d gives
+# d*eta_d.
+from v2g.clock import local_minute
+from v2g.guard import DEP_MARGIN_CPCT
+
+# A budget is never squeezed into less than this: near the end of a segment
+# a small remainder must not become a burst at full power (what is left
+# spills into the next segment or the departure buffer instead).
+_MIN_SPREAD_S = const(900)
+
+REASONS = (
+    "below_reserve",
+    "departure_charge",
+    "cheap_charge",
+    "peak_export",
+    "surplus_export",
+    "plan_idle",
+)
+
+
+class Segment:
+    __slots__ = ("t0", "t1", "imp", "exp", "cheap", "c_wh", "d_wh", "why")
+
+    def __init__(self, t0, t1, imp, exp, cheap):
+        self.t0 = t0
+        self.t1 = t1
+        self.imp = imp
+        self.exp = exp
+        self.cheap = cheap
+        self.c_wh = 0.0  # battery-side energy in
+        self.d_wh = 0.0  # battery-side energy out
+        self.why = "plan_idle"
+
+    def hours(self):
+        return (self.t1 - self.t0) / 3600
+
+
+class Plan:
+    def __init__(self, cfg, clock):
+        self.clock = clock
+        self.periods = cfg["tariff"]["periods"]
+        self.utc_offset_min = cfg["utc_offset_min"]
+        b = cfg["battery"]
+        self.cap_wh = b["capacity_wh"]
+        self.eta_c = b["charge_eff"]
+        self.eta_d = b["discharge_eff"]
+        self.wear = b["wear_cost_per_kwh"]
+        self.reserve_pct = b["reserve_pct"]
+        self.soc_max_pct = b["soc_max_pct"]
+        self.charge_w = cfg["limits"]["charge_w"]
+        self.discharge_w = cfg["limits"]["discharge_w"]
+        dep = cfg["departure"]
+        self.dep_min = dep["time"]
+        self.dep_pct = dep["soc_pct"]
+        self.buffer_s = dep["buffer_min"] * 60
+        self.replan_s = cfg["plan"]["replan_s"]
+        self.cheapest_import = min(p["import"] for p in self.periods)
+        self.segments = []
+        self.computed_at = None
+        self.shortfall_wh = 0
+        self.departure_s = None
+
+    # --- tariff
+
+    def period_at(self, unix_s):
+        m = local_minute(unix_s, self.utc_offset_min)
+        for p in self.periods:
+            s, e = p["start"], p["end"]
+            if (s < e and s <= m < e) or (s > e and (m >= s or m < e)):
+                return p
+        raise ValueError("tariff does not cover minute %d" % m)
+
+    def next_departure(self, now):
+        """Unix time of the next departure at or after now."""
+        m = local_minute(now, self.utc_offset_min)
+        ahead_min = (self.dep_min - m) % 1440
+        return (now // 60 + ahead_min) * 60
+
+    def _segments(self, now, end):
+        segs = []
+        t = now
+        while t < end:
+            p = self.period_at(t)
+            m = local_minute(t, self.utc_offset_min)
+            rem = (p["end"] - m) % 1440 or 1440
+            t1 = min(end, (t // 60 + rem) * 60)
+            segs.append(Segment(t, t1, p["import"], p["export"], p["import"] <= self.cheapest_import))
+            t = t1
+        return segs
+
+    # --- allocation
+
+    def recompute(self, soc_pct, now=None):
+        if now is None:
+            now = self.clock.time()
+        self.computed_at = now
+        dep = self.next_departure(now)
+        end = dep - self.buffer_s
+        in_buffer = end < now + 300
+        if in_buffer:
+            # inside the departure buffer: only charging for the departure
+            end = dep if dep > now + 60 else dep + 86400 - self.buffer_s
+        self.departure_s = dep
+        segs = self._segments(now, end)
+        self.segments = segs
+        n = len(segs)
+        cap = self.cap_wh / 100
+        # SoC path at segment boundaries, battery Wh
+        e = [soc_pct * cap] * (n + 1)
+        cmax = [s.hours() * self.charge_w * self.eta_c for s in segs]
+        dmax = [s.hours() * self.discharge_w / self.eta_d for s in segs]
+        floor = self.reserve_pct * cap
+        ceil_arb = self.soc_max_pct * cap
+        target = self.target_pct() * cap
+
+        def charge(k, wh, why):
+            segs[k].c_wh += wh
+            cmax[k] -= wh
+            for j in range(k + 1, n + 1):
+                e[j] += wh
+            if segs[k].why == "plan_idle" or why in ("below_reserve", "departure_charge"):
+                segs[k].why = why
+
+        def discharge(k, wh, why):
+            segs[k].d_wh += wh
+            dmax[k] -= wh
+            for j in range(k + 1, n + 1):
+                e[j] -= wh
+            segs[k].why = why
+
+        # 1. back to the reserve as soon as possible
+        k = 0
+        while k < n and e[k] < floor:
+            need = floor - e[k]
+            wh = min(need, cmax[k])
+            if wh > 0:
+                charge(k, wh, "below_reserve")
+            k += 1
+        # 2. departure: cheapest first, earliest among equals
+        order = sorted(range(n), key=lambda i: (segs[i].imp, i))
+        need = target - e[n]
+        for k in order:
+            if need <= 0.5:
+                break
+            wh = min(need, cmax[k])
+            if wh > 0:
+                charge(k, wh, "departure_charge")
+                need -= wh
+        self.shortfall_wh = max(0, need)
+        # 3. arbitrage (never in the last stretch before departure)
+        if not in_buffer:
+            self._arbitrage(segs, e, cmax, dmax, floor, ceil_arb, target, charge, discharge)
+        return segs
+
+    def _arbitrage(self, segs, e, cmax, dmax, floor, ceil_arb, target, charge, discharge):
+        n = len(segs)
+        eta_c, eta_d, wear = self.eta_c, self.eta_d, self.wear
+        v_end = self.cheapest_import / eta_c  # what surplus energy would cost to buy back
+        for _ in range(4 * n + 4):
+            best = None
+            best_m = 1e-6
+            for a in range(n):
+                sa = segs[a]
+                # export at a
+                if dmax[a] > 1 and sa.c_wh == 0:
+                    qa = sa.exp * eta_d - wear
+                    # surplus above the departure target, no recharge
+                    m = qa - v_end
+                    if m > best_m:
+                        room = min(min(e[a + 1:]) - floor, e[n] - target, dmax[a])
+                        if room > 1:
+                            best, best_m = (a, None, room, "surplus_export"), m
+                    for b in range(a + 1, n):
+                        sb = segs[b]
+                        if not sb.cheap or cmax[b] <= 1 or sb.d_wh > 0:
+                            continue
+                        m = qa - sb.imp / eta_c
+                        if m > best_m:
+                            room = min(min(e[a + 1 : b + 1]) - floor, dmax[a], cmax[b])
+                            if room > 1:
+                                best, best_m = (a, b, room, "peak_export"), m
+                # charge cheap at a, export later at b
+                if sa.cheap and cmax[a] > 1 and sa.d_wh == 0:
+                    pa = sa.imp / eta_c
+                    for b in range(a + 1, n):
+                        sb = segs[b]
+                        if dmax[b] <= 1 or sb.c_wh > 0:
+                            continue
+                        m = sb.exp * eta_d - wear - pa
+                        if m > best_m:
+                            room = min(ceil_arb - max(e[a + 1 : b + 1]), cmax[a], dmax[b])
+                            if room > 1:
+                                best, best_m = (b, a, room, "cheap_charge"), m
+            if best is None:
+                return
+            d_at, c_at, wh, why = best
+            if why == "cheap_charge":
+                charge(c_at, wh, "cheap_charge")
+                discharge(d_at, wh, "peak_export")
+            else:
+                discharge(d_at, wh, why)
+                if c_at is not None:
+                    charge(c_at, wh, "cheap_charge")
+
+    def target_pct(self):
+        return min(100, self.dep_pct + DEP_MARGIN_CPCT / 100)
+
+    # --- output
+
+    def due(self, now):
+        return self.computed_at is None or now - self.computed_at >= self.replan_s
+
+    def request(self, now=None):
+        """(ev_w, reason, ceiling_pct or None) for this moment."""
+        if now is None:
+            now = self.clock.time()
+        for s in self.segments:
+            if s.t0 <= now < s.t1:
+                # the budget is spread over the whole segment (the first one
+                # starts at computed_at)
+                h = max(s.t1 - s.t0, _MIN_SPREAD_S) / 3600
+                if s.c_wh > 0:
+                    w = min(self.charge_w, int(s.c_wh / self.eta_c / h + 0.5))
+                    if s.why == "below_reserve":
+                        w = self.charge_w  # the owner's reserve first, at full power
+                    ceiling = None
+                    if s.why in ("departure_charge", "below_reserve"):
+                        ceiling = self.target_pct()
+                    return w, s.why, ceiling
+                if s.d_wh > 0:
+                    w = min(self.discharge_w, int(s.d_wh * self.eta_d / h + 0.5))
+                    return -w, s.why, None
+                return 0, "plan_idle", None
+        return 0, "plan_idle", None

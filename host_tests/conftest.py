@@ -1,0 +1,60 @@
+"""Shared fixtures: run firmware code on the MicroPython unix port.
+
+The `mpy` fixture runs a MicroPython snippet with the firmware on its path and
+returns what it printed; a test then asserts on that output in plain Python.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+MICROPYTHON = str(ROOT / "build" / "venv" / "bin" / "micropython")
+MICROPYPATH = f"{FIRMWARE}:{ROOT / 'build' / 'lib'}:.frozen"
+REFERENCE = ROOT.parent / "shared" / "reference"
+sys.path.insert(0, str(ROOT))
+
+
+def mp_env(extra=None):
+    env = dict(os.environ)
+    env["MICROPYPATH"] = MICROPYPATH
+    if extra:
+        env.update(extra)
+    return env
+
+
+class MpResult:
+    def __init__(self, proc):
+        self.rc = proc.returncode
+        self.out = proc.stdout
+        self.err = proc.stderr
+
+    def lines(self):
+        return self.out.splitlines()
+
+    def json(self):
+        """The last stdout line, parsed as JSON (the snippet's result)."""
+        return json.loads(self.lines()[-1])
+
+
+def run_mpy(code, *, heap=None, timeout=60, check=True, env=None, cwd=None, args=()):
+    cmd = [MICROPYTHON]
+    if heap:
+        cmd += ["-X", f"heapsize={heap}"]
+    cmd += ["-c", code, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                          env=mp_env(env), cwd=cwd or ROOT)
+    res = MpResult(proc)
+    if check and res.rc != 0:
+        raise AssertionError(f"micropython exited {res.rc}\nstdout:\n{res.out}\nstderr:\n{res.err}")
+    return res
+
+
+@pytest.fixture
+def mpy():
+    """Run a MicroPython snippet on the unix port: mpy(code) -> MpResult."""
+    return run_mpy

@@ -1,0 +1,194 @@
+"""Site config validation (CONTRACT section 2), run on the unix port."""
+import copy
+import json
+import subprocess
+
+import pytest
+
+from conftest import ROOT, run_mpy
+
+BASE = json.loads((ROOT / "examples" / "site.json").read_text())
+
+
+def validate_many(cases):
+    """Validate each config on the unix port; -> list of "ok" or "path: rule"."""
+    code = """
+import json, sys
+from v2g import config
+for raw in json.loads(open(sys.argv[1]).read()):
+    try:
+        config.validate(raw)
+        print("ok")
+    except config.ConfigError as e:
+        print(e.path + ": " + e.rule)
+"""
+    path = ROOT / "build" / "test_config_cases.json"
+    path.write_text(json.dumps(cases))
+    return run_mpy(code, args=[str(path)]).lines()
+
+
+def mutate(fn):
+    c = copy.deepcopy(BASE)
+    fn(c)
+    return c
+
+
+def set_path(path, value):
+    def fn(c):
+        keys = path.split(".")
+        d = c
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+    return fn
+
+
+def delete(path):
+    def fn(c):
+        keys = path.split(".")
+        d = c
+        for k in keys[:-1]:
+            d = d[k]
+        del d[keys[-1]]
+    return fn
+
+
+BAD = [
+    # (mutation, expected path, expected words in the rule)
+    (delete("device_id"), "device_id", "required"),
+    (set_path("device_id", "Home_1"), "device_id", "[a-z0-9-]"),
+    (set_path("device_id", "a" * 33), "device_id", "at most 32"),
+    (delete("inverter"), "inverter", "required"),
+    (set_path("inverter.driver", "modbus"), "inverter.driver", '"sunspec"'),
+    (set_path("inverter.link", "tcp:host"), "inverter.link", "HOST:PORT"),
+    (set_path("inverter.link", "tcp:host:99999"), "inverter.link", "1..65535"),
+    (set_path("inverter.link", "serial"), "inverter.link", '"uart"'),
+    (set_path("inverter.unit", 0), "inverter.unit", ">= 1"),
+    (set_path("inverter.unit", 248), "inverter.unit", "<= 247"),
+    (set_path("inverter.unit", True), "inverter.unit", "integer"),
+    (set_path("inverter.unit", "1"), "inverter.unit", "integer"),
+    (set_path("battery.capacity_wh", 0), "battery.capacity_wh", ">= 1"),
+    (set_path("battery.capacity_wh", "60kWh"), "battery.capacity_wh", "number"),
+    (set_path("battery.soc_min_pct", -1), "battery.soc_min_pct", ">= 0"),
+    (set_path("battery.soc_max_pct", 101), "battery.soc_max_pct", "<= 100"),
+    (set_path("battery.reserve_pct", 5), "battery.reserve_pct", ">= battery.soc_min_pct"),
+    (set_path("battery.reserve_pct", 95), "battery.soc_max_pct", ">= battery.reserve_pct"),
+    (set_path("departure.soc_pct", 20), "departure.soc_pct", ">= battery.reserve_pct"),
+    (set_path("departure.soc_pct", 100.5), "departure.soc_pct", "<= 100"),
+    (set_path("departure.time", "7:30"), "departure.time", "HH:MM"),
+    (set_path("departure.time", "24:00"), "departure.time", "HH 00-23"),
+    (set_path("limits.charge_w", 0), "limits.charge_w", ">= 1"),
+    (set_path("limits.charge_w", 7000.5), "limits.charge_w", "integer"),
+    (set_path("limits.discharge_w", -1), "limits.discharge_w", ">= 0"),
+    (set_path("limits.ramp_w_per_s", 0), "limits.ramp_w_per_s", ">= 1"),
+    (set_path("limits.charge_kw", 7), "limits.charge_kw", "unknown key"),
+    (set_path("battery.reserve", 30), "battery.reserve", "unknown key"),
+    (set_path("extra", 1), "extra", "unknown key"),
+    (set_path("tariff.periods", []), "tariff.periods", "non-empty"),
+    (set_path("tariff.currency", ""), "tariff.currency", "non-empty"),
+    (lambda c: c["tariff"]["periods"].pop(1), "tariff.periods", "gap from 07:00 to 10:00"),
+    (lambda c: c["tariff"]["periods"][1].update(end="11:00"), "tariff.periods[2]", "overlaps periods[1] at 10:00"),
+    (lambda c: c["tariff"]["periods"][0].update(start="06:00", end="06:00"), "tariff.periods[0]", "start and end must differ"),
+    (lambda c: c["tariff"]["periods"][0].update(price=1), "tariff.periods[0].price", "unknown key"),
+    (lambda c: c["tariff"]["periods"][0].pop("export"), "tariff.periods[0].export", "required"),
+    (lambda c: c["tariff"]["periods"][2].update(start="10:60"), "tariff.periods[2].start", "MM 00-59"),
+    (set_path("mqtt.port", 0), "mqtt.port", ">= 1"),
+    (set_path("mqtt.tls", True), "mqtt.tls", "false or"),
+    (set_path("mqtt.tls", {"ca": "/nonexistent/ca.der"}), "mqtt.tls.ca", "file not found"),
+    (set_path("mqtt.tls", {"cert": "x"}), "mqtt.tls.ca", "required"),
+    (delete("mqtt.tls"), "mqtt.tls", "required"),
+    (set_path("command_key", "00" * 31), "command_key", "64 hex"),
+    (set_path("command_key", "zz" * 32), "command_key", "64 hex"),
+    (set_path("utc_offset_min", 900), "utc_offset_min", "<= 840"),
+    (set_path("control", {"period_ms": 10}), "control.period_ms", ">= 50"),
+    (set_path("vehicle", {"driver": "chademo"}), "vehicle.link", "required when"),
+    (set_path("vehicle", {"driver": "chademo", "link": "vcan0"}), "vehicle.link", "slcan"),
+    (set_path("battery", "big"), "battery", "must be an object"),
+]
+
+
+@pytest.fixture(scope="module")
+def results():
+    cases = [BASE] + [mutate(fn) for fn, _, _ in BAD]
+    return validate_many(cases)
+
+
+def test_example_config_is_valid(results):
+    assert results[0] == "ok"
+
+
+@pytest.mark.parametrize("i", range(len(BAD)), ids=[b[1] + ":" + b[2] for b in BAD])
+def test_bad_config_names_key_and_rule(results, i):
+    _, path, words = BAD[i]
+    got = results[i + 1]
+    assert got.startswith(path + ": "), got
+    assert words in got, got
+
+
+def test_wrapping_and_split_tariffs_are_accepted():
+    ok = [
+        mutate(set_path("tariff.periods", [
+            {"start": "00:00", "end": "12:00", "import": 1, "export": 0.5},
+            {"start": "12:00", "end": "00:00", "import": 2, "export": 1}])),
+        mutate(set_path("tariff.periods", [
+            {"start": "22:00", "end": "06:00", "import": 0.2, "export": 0.1},
+            {"start": "06:00", "end": "22:00", "import": 0.9, "export": -0.05}])),
+        mutate(set_path("departure.soc_pct", 95)),  # may exceed soc_max_pct
+        mutate(set_path("mqtt.tls", False)),
+        mutate(set_path("utc_offset_min", -300)),
+    ]
+    assert validate_many(ok) == ["ok"] * len(ok)
+
+
+def test_defaults_are_filled(mpy):
+    res = mpy("""
+import json
+from v2g import config
+c = config.load('examples/site.json')
+print(json.dumps([c['control']['period_ms'], c['inverter']['revert_s'], c['mqtt']['client_id'],
+                  c['vehicle']['driver'], c['tariff']['periods'][0]['start'], c['departure']['time']]))
+""")
+    assert res.json() == [200, 10, "home-charger-01", "none", 23 * 60, 7 * 60 + 30]
+
+
+def run_firmware(config_path, timeout=20):
+    return subprocess.run(
+        [str(ROOT / "build" / "venv" / "bin" / "python"), str(ROOT / "tools" / "run_unix.py"), str(config_path)],
+        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("mut,expect", [
+    (set_path("battery.reserve_pct", 5), "config error: battery.reserve_pct: must be >= battery.soc_min_pct"),
+    (set_path("limits.charge_kw", 7), "config error: limits.charge_kw: unknown key"),
+    (set_path("board", "esp8266"), 'config error: board: no board config "esp8266"'),
+    (set_path("inverter.link", "uart"), 'config error: inverter.link: board "unix_sim" has no RS-485 UART'),
+])
+def test_make_run_with_bad_config_exits_2_with_one_line(tmp_path, mut, expect):
+    """The inverter at the configured address must see no traffic at all."""
+    import socket
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(0.2)
+    port = srv.getsockname()[1]
+    cfg = mutate(mut)
+    if cfg["inverter"]["link"].startswith("tcp:"):
+        cfg["inverter"]["link"] = f"tcp:127.0.0.1:{port}"
+    p = tmp_path / "site.json"
+    p.write_text(json.dumps(cfg))
+    res = run_firmware(p)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expect), res.stderr
+    with pytest.raises(socket.timeout):
+        srv.accept()
+    srv.close()
+
+
+def test_unreadable_and_non_json_config(tmp_path):
+    res = run_firmware(tmp_path / "missing.json")
+    assert res.returncode == 2 and "config error: config: cannot read" in res.stderr
+    p = tmp_path / "broken.json"
+    p.write_text("{not json")
+    res = run_firmware(p)
+    assert res.returncode == 2 and "config error: config: not valid JSON" in res.stderr

@@ -1,0 +1,168 @@
+"""Guard state machine: every transition of the README table, table-driven."""
+import json
+
+import pytest
+
+from conftest import ROOT, run_mpy
+
+CFG = json.loads((ROOT / "examples" / "site.json").read_text())
+# capacity 60 kWh, soc_min 10, reserve 30, soc_max 90, departure 80, 7 kW both ways
+
+HARNESS = """
+import json, sys
+from v2g import config
+from v2g.guard import Guard, Meas, STATE_NAMES
+
+class FakeClock:
+    def __init__(self): self.ms = 0
+    def ticks_ms(self): return self.ms
+    def ticks_diff(self, a, b): return a - b
+    def time(self): return 1767225600 + self.ms // 1000
+
+cfg = config.validate(json.loads(open(sys.argv[1]).read()))
+out = []
+for scenario in json.loads(open(sys.argv[2]).read()):
+    clock = FakeClock()
+    g = Guard(cfg, clock)
+    m = Meas()
+    tick = 0
+    rows = []
+    for st in scenario:
+        tick += 1
+        clock.ms += st.get("dt_ms", 200)
+        for cmd in st.get("cmd", []):
+            if isinstance(cmd, list):
+                getattr(g, cmd[0])(*cmd[1:])
+            else:
+                getattr(g, cmd)()
+        fresh = st.get("fresh", True)
+        for k in ("soc_cpct", "ev_w", "hz_mhz", "inv_fault"):
+            if k in st:
+                setattr(m, k, st[k])
+        if fresh:
+            m.soc_tick = m.ev_tick = m.hz_tick = tick
+        g.update(tick, m, st.get("link", True))
+        g.limits(st.get("ceiling"))
+        rows.append([STATE_NAMES[g.state], g.reason, g.fault, g.lo_w, g.hi_w, g.soc_cpct, g.hz_mhz])
+    out.append(rows)
+print(json.dumps(out))
+"""
+
+
+def run_scenarios(scenarios):
+    cfgp = ROOT / "build" / "guard_cfg.json"
+    scp = ROOT / "build" / "guard_scenarios.json"
+    cfgp.write_text(json.dumps(CFG))
+    scp.write_text(json.dumps(scenarios))
+    return run_mpy(HARNESS, args=[str(cfgp), str(scp)]).json()
+
+
+OK = {"soc_cpct": 5000, "ev_w": 0, "hz_mhz": 50000, "inv_fault": None}
+
+
+def s(**kw):
+    d = dict(OK)
+    d.update(kw)
+    return d
+
+
+# name: (steps, expected last row as (state, reason, fault, lo_w, hi_w) with
+# None meaning "don't care" for lo/hi)
+TABLE = {
+    "run at mid SoC: full window": ([s()], ("run", None, None, -7000, 7000)),
+    "start: no measurement yet -> hold": ([{"fresh": False}], ("hold", "soc_unknown", None, 0, 0)),
+    "link lost -> fault": ([s(), s(link=False)], ("fault", "link_lost", "link_lost", 0, 0)),
+    "link back -> run by itself": ([s(), s(link=False), s()], ("run", None, None, -7000, 7000)),
+    "inverter fault -> fault": ([s(), s(inv_fault="inverter_alarm:OVER_TEMP")],
+                                ("fault", "inverter_fault", "inverter_alarm:OVER_TEMP", 0, 0)),
+    "inverter fault latches after it goes away": (
+        [s(inv_fault="storage_error"), s(inv_fault=None)], ("fault", "inverter_fault", "storage_error", 0, 0)),
+    "clear_fault while still reported: stays": (
+        [s(inv_fault="storage_error"), dict(s(inv_fault="storage_error"), cmd=["clear_fault"])],
+        ("fault", "inverter_fault", "storage_error", 0, 0)),
+    "clear_fault once gone -> run": (
+        [s(inv_fault="storage_error"), s(inv_fault=None), dict(s(), cmd=["clear_fault"])],
+        ("run", None, None, -7000, 7000)),
+    "link lost beats inverter fault": ([s(inv_fault="storage_error"), s(link=False)],
+                                       ("fault", "link_lost", "link_lost", 0, 0)),
+    "pause -> hold": ([dict(s(), cmd=["pause"])], ("hold", "paused", None, 0, 0)),
+    "resume -> run": ([dict(s(), cmd=["pause"]), dict(s(), cmd=["resume"])], ("run", None, None, -7000, 7000)),
+    "SoC not implemented -> hold": ([s(soc_cpct=None)], ("hold", "soc_unknown", None, 0, 0)),
+    "SoC out of range -> hold": ([s(soc_cpct=10500)], ("hold", "soc_unknown", None, 0, 0)),
+    "stale data -> hold after stale_periods": (
+        [s()] + [{"fresh": False}] * 6, ("hold", "soc_unknown", None, 0, 0)),
+    "data within stale_periods still trusted": ([s()] + [{"fresh": False}] * 4, ("run", None, None, -7000, 7000)),
+    "SoC jump faster than physics -> hold": ([s(soc_cpct=5000), s(soc_cpct=6000)], ("hold", "soc_unknown", None, 0, 0)),
+    "new SoC level accepted after 5 steady samples": (
+        [s(soc_cpct=5000)] + [s(soc_cpct=6000)] * 5, ("run", None, None, -7000, 7000)),
+    "slow SoC change is plausible": ([s(soc_cpct=5000), s(soc_cpct=5001, dt_ms=1000)], ("run", None, None, -7000, 7000)),
+    "power implausible -> hold": ([s(ev_w=50000)], ("hold", "power_unknown", None, 0, 0)),
+    "power not implemented -> hold": ([s(ev_w=None)], ("hold", "power_unknown", None, 0, 0)),
+    "frequency implausible: ignored, still run": ([s(hz_mhz=20000)], ("run", None, None, -7000, 7000)),
+    "at reserve: no export, charging allowed": ([s(soc_cpct=3001)], ("run", None, None, 0, 7000)),
+    "below reserve: no export": ([s(soc_cpct=2500)], ("run", None, None, 0, 7000)),
+    "below soc_min: no export": ([s(soc_cpct=500)], ("run", None, None, 0, 7000)),
+    "near reserve: export tapers": ([s(soc_cpct=3002)], ("run", None, None, -1, 7000)),
+    "at soc_max: no ordinary charging": ([s(soc_cpct=9000)], ("run", None, None, -7000, 0)),
+    "near soc_max: charge tapers": ([s(soc_cpct=8999)], ("run", None, None, -7000, 1)),
+    "departure soc below soc_max: no passing soc_max": (
+        [dict(s(soc_cpct=9000), ceiling=9500)], ("run", None, None, -7000, 0)),
+    "departure ceiling above soc_max": (
+        [dict(s(soc_cpct=9000), ceiling=9500, cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 7000)),
+    "departure ceiling capped at departure soc": (
+        [dict(s(soc_cpct=9510), ceiling=9900, cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 0)),
+    "no ceiling from the plan: soc_max holds": (
+        [dict(s(soc_cpct=9000), cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 0)),
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    names = list(TABLE)
+    rows = run_scenarios([TABLE[n][0] for n in names])
+    return dict(zip(names, rows))
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_transition(outcomes, name):
+    want = TABLE[name][1]
+    last = outcomes[name][-1]
+    assert tuple(last[:3]) == want[:3], last
+    lo, hi = want[3], want[4]
+    if lo == -1:
+        assert -7000 < last[3] < 0, last
+    else:
+        assert last[3] == lo, last
+    if hi == 1:
+        assert 0 < last[4] < 7000, last
+    else:
+        assert last[4] == hi, last
+
+
+def test_fault_log_records_raise_and_clear(mpy):
+    res = mpy("""
+import json
+from v2g import config
+from v2g.guard import Guard, Meas
+class C:
+    ms = 0
+    def ticks_ms(self): return self.ms
+    def ticks_diff(self, a, b): return a - b
+    def time(self): return 1000 + self.ms // 1000
+cfg = config.load('examples/site.json')
+c = C(); g = Guard(cfg, c); m = Meas()
+m.soc_cpct, m.ev_w, m.hz_mhz = 5000, 0, 50000
+for t, link, fault, clear in ((1, True, None, 0), (2, False, None, 0), (3, True, None, 0),
+                              (4, True, 'storage_error', 0), (5, True, None, 1)):
+    c.ms += 1000
+    m.soc_tick = m.ev_tick = m.hz_tick = t
+    m.inv_fault = fault
+    if clear: g.clear_fault()
+    g.update(t, m, link)
+print(json.dumps(g.fault_log))
+""")
+    log = res.json()
+    assert [(w, c) for _, w, c in log] == [
+        ("raised", "link_lost"), ("cleared", "link_lost"),
+        ("raised", "storage_error"), ("cleared", "storage_error")]
+    assert [t for t, _, _ in log] == [1002, 1003, 1004, 1005]

@@ -1,0 +1,5 @@
+import sys
+
+from .day import main
+
+sys.exit(main())

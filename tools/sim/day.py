@@ -1,0 +1,217 @@
+"""`make sim`: one simulated day of the real firmware against the simulated site.
+
+Starts the SunSpec inverter simulator (pymodbus, RTU over TCP) and the
+firmware on the MicroPython unix port, both on one warped clock, samples the
+simulator's physical truth while the day runs, then writes the day report
+(build/sim/report.json) and plot (build/sim/day.png).
+"""
+
+import argparse
+import calendar
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .clock import WarpClock
+from .grid import Grid
+from . import report as reportmod
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_PY = ROOT / "build" / "venv" / "bin" / "python"
+MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
+DAY_S = 86400
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="make sim", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "examples" / "site.json"), help="site config to simulate")
+    p.add_argument("--date", default="2026-06-15", help="local date the simulated day starts (00:00)")
+    p.add_argument("--hours", type=float, default=24.0)
+    p.add_argument("--wall-s", type=float, default=90.0, help="wall seconds the day should take")
+    p.add_argument("--soc", type=float, default=45.0, help="EV SoC at the start, %%")
+    p.add_argument("--out", default=str(ROOT / "build" / "sim"))
+    p.add_argument("--freq-events", default="default",
+                   help='"default", "none", or JSON [{"at": "HH:MM", "dur_s": s, "hz": v}, ...]')
+    p.add_argument("--quiet", action="store_true", help="no hourly progress lines")
+    return p.parse_args(argv)
+
+
+def local_start_unix(date, utc_offset_min):
+    y, m, d = (int(x) for x in date.split("-"))
+    return calendar.timegm((y, m, d, 0, 0, 0)) - utc_offset_min * 60
+
+
+def freq_events(spec, start_s, nominal_hz):
+    if spec == "none":
+        return []
+    if spec == "default":
+        # an over-frequency event at midday and an under-frequency one at the
+        # evening peak, as a grid operator would see them
+        spec = [{"at": "13:05", "dur_s": 300, "hz": nominal_hz + 0.35},
+                {"at": "19:30", "dur_s": 300, "hz": nominal_hz - 0.35}]
+    else:
+        spec = json.loads(spec)
+    out = []
+    for e in spec:
+        hh, mm = e["at"].split(":")
+        out.append({"start": start_s + int(hh) * 3600 + int(mm) * 60, "dur_s": e["dur_s"], "hz": e["hz"]})
+    return out
+
+
+class Firmware:
+    """The firmware on the unix port; its JSON event lines are collected."""
+
+    def __init__(self, config_path, clock_env, log_path):
+        env = dict(os.environ)
+        env["MICROPYPATH"] = f"{ROOT / 'firmware'}:{ROOT / 'build' / 'lib'}:.frozen"
+        env["V2G_CLOCK"] = clock_env
+        self.events = []
+        self.log = open(log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(MICROPYTHON), str(ROOT / "firmware" / "main.py"), str(config_path),
+             "--boards", str(ROOT / "board_configs")],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT))
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.log.write(line)
+            try:
+                self.events.append(json.loads(line))
+            except ValueError:
+                self.events.append({"ev": "text", "text": line.rstrip()})
+
+    def last_mode(self):
+        for e in reversed(self.events):
+            if e.get("ev") == "mode":
+                return e
+        return None
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.reader.join(timeout=5)
+        self.log.close()
+        return self.proc.returncode
+
+
+class Inverter:
+    def __init__(self, clock_env, soc, capacity_wh, nominal_hz, events, state_path, log_path):
+        self.state_path = state_path
+        self.log = open(log_path, "w")
+        cmd = [str(VENV_PY), "-m", "tools.sim.inverter_main", "--port", "0", "--unit", "1",
+               "--clock", clock_env, "--soc", str(soc), "--capacity-wh", str(capacity_wh),
+               "--nominal-hz", str(nominal_hz), "--freq-events", json.dumps(events),
+               "--state-file", str(state_path), "--state-period-s", "0.005"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT))
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY port="):
+            raise RuntimeError("inverter simulator did not start: " + line)
+        self.port = int(line.split("=")[1])
+
+    def state(self):
+        try:
+            return json.loads(Path(self.state_path).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def run(args):
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    site = json.loads(Path(args.config).read_text())
+    offset = site.get("utc_offset_min", 0)
+    start_s = local_start_unix(args.date, offset)
+    span_s = int(args.hours * 3600)
+    warp = span_s / args.wall_s
+    nominal = site.get("grid", {}).get("nominal_hz", 50)
+    events = freq_events(args.freq_events, start_s, nominal)
+    # The clock starts a moment in the future so both processes are up at 00:00.
+    lead_real_s = 1.5
+    clock = WarpClock(warp, real_epoch=time.time() + lead_real_s, sim_epoch=start_s)
+    state_path = out / "inverter_state.json"
+    if state_path.exists():
+        state_path.unlink()
+    inverter = Inverter(clock.to_env(), args.soc, site["battery"]["capacity_wh"], nominal, events,
+                        state_path, out / "inverter.log")
+    cfg = copy.deepcopy(site)
+    cfg["inverter"]["link"] = f"tcp:127.0.0.1:{inverter.port}"
+    cfg.setdefault("store", {})["dir"] = str(out / "data")
+    # The inverter's reversion timer runs in simulated time; at x1000 a 10 s
+    # timer is 10 ms of wall time, less than a scheduling hiccup. Stretch it
+    # to at least 0.2 s of wall time so only a real silence trips it.
+    revert_s = cfg["inverter"].get("revert_s", 10)
+    cfg["inverter"]["revert_s"] = max(revert_s, int(0.2 * warp) + 1)
+    cfg_path = out / "site.json"
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+    grid = Grid(site["tariff"]["periods"], nominal_hz=nominal, utc_offset_min=offset)
+    print(f"sim: {args.hours:g} h of {site['device_id']} from {args.date} 00:00 local, "
+          f"warp x{warp:.0f} (~{args.wall_s:.0f} s), inverter on port {inverter.port}", flush=True)
+    firmware = Firmware(cfg_path, clock.to_env(), out / "firmware.log")
+    samples = []
+    t_wall0 = time.time()
+    next_hour = start_s
+    end_s = start_s + span_s
+    try:
+        while True:
+            now = clock.now()
+            if now >= end_s:
+                break
+            if firmware.proc.poll() is not None:
+                print("sim: the firmware exited early", file=sys.stderr)
+                break
+            st = inverter.state()
+            if st and st.get("sim_s") and now >= start_s and (not samples or st["sim_s"] > samples[-1]["sim_s"]):
+                mode = firmware.last_mode() or {}
+                st["mode"] = mode.get("mode")
+                st["reason"] = mode.get("reason")
+                samples.append(st)
+                if st["sim_s"] >= next_hour and not args.quiet:
+                    imp, _ = grid.price(st["sim_s"])
+                    hh = int((st["sim_s"] - start_s) // 3600)
+                    print(f"  {hh:02d}:00  SoC {st['soc_pct']:5.1f} %  ev_w {st['ev_w']:+7.0f} W  "
+                          f"{(st['mode'] or '-'):9s} {st['reason'] or '':18s} import {imp:.2f}", flush=True)
+                    next_hour += 3600
+            time.sleep(0.004)
+    finally:
+        rc = firmware.stop()
+        inverter.stop()
+    final = inverter.state()
+    if final and (not samples or final["sim_s"] > samples[-1]["sim_s"]):
+        samples.append(dict(final, mode=None, reason=None))
+    wall_s = time.time() - t_wall0
+    rep = reportmod.build(site, samples, firmware.events, grid, start_s, end_s, events,
+                          warp=warp, wall_s=wall_s, firmware_rc=rc)
+    (out / "report.json").write_text(json.dumps(rep, indent=2))
+    (out / "samples.json").write_text(json.dumps(samples))
+    reportmod.plot(site, samples, grid, start_s, out / "day.png")
+    print(reportmod.text(rep))
+    print(f"wrote {out / 'report.json'} and {out / 'day.png'}")
+    return 0 if rep["ok"] else 1
+
+
+def main(argv=None):
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
