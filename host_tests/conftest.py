@@ -58,3 +58,65 @@ def run_mpy(code, *, heap=None, timeout=60, check=True, env=None, cwd=None, args
 def mpy():
     """Run a MicroPython snippet on the unix port: mpy(code) -> MpResult."""
     return run_mpy
+
+
+class LiveInverter:
+    """tools.sim.SimInverter served from a background thread of the test
+    process, so a test can reach into it (faults, garbage, stop/start)."""
+
+    def __init__(self, port=0, **kwargs):
+        import asyncio
+        import threading
+
+        from tools.sim.clock import WarpClock
+        from tools.sim.inverter import SimInverter
+
+        self.kwargs = kwargs
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.clock = WarpClock(1.0)
+        self.inv = None
+        self.port = self.start(port)
+
+    def call(self, coro_or_fn, *args):
+        import asyncio
+
+        if asyncio.iscoroutinefunction(coro_or_fn):
+            return asyncio.run_coroutine_threadsafe(coro_or_fn(*args), self.loop).result(10)
+        fut = asyncio.run_coroutine_threadsafe(self._sync(coro_or_fn, *args), self.loop)
+        return fut.result(10)
+
+    @staticmethod
+    async def _sync(fn, *args):
+        return fn(*args)
+
+    def start(self, port=0):
+        from tools.sim.inverter import SimInverter
+
+        self.inv = SimInverter(self.clock, **self.kwargs)
+        return self.call(self.inv.start, "127.0.0.1", port)
+
+    def stop(self):
+        if self.inv is not None:
+            self.call(self.inv.stop)
+            self.inv = None
+
+    def close(self):
+        self.stop()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@pytest.fixture
+def live_inverter():
+    made = []
+
+    def make(**kwargs):
+        li = LiveInverter(**kwargs)
+        made.append(li)
+        return li
+
+    yield make
+    for li in made:
+        li.close()
