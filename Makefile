@@ -28,5 +28,11 @@ run: $(SETUP)
 bench: $(SETUP)
 	$(PY) -m tools.bench
 
+# For installers: validate, cross-compile for the board, copy with mpremote,
+# verify every file by hash, reset. See README "For installers".
+deploy: $(SETUP)
+	@test -n "$(BOARD)" -a -n "$(PORT)" -a -n "$(CONFIG)" || { echo "usage: make deploy BOARD=name PORT=/dev/ttyUSB0 CONFIG=site.json" >&2; exit 2; }
+	$(PY) -m tools.deploy --board "$(BOARD)" --port "$(PORT)" --config "$(CONFIG)"
+
 clean:
 	rm -rf build
