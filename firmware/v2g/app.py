@@ -1,11 +1,22 @@
 # Start-up: config first (an invalid config never starts the power stage),
-# then the hardware, then the control loop until stopped.
+# then the hardware, then two threads: the control loop (the second core on
+# an RP2040) and the cloud link (this thread).
+#
+# Ctrl-C at the console: on a board it stops only the cloud link and leaves
+# the control loop protecting the battery, so a technician gets the REPL
+# (`import tech`) while the charger stays safe; on the unix port (make run,
+# SIGINT/SIGTERM) it stops everything and exits 0.
 import sys
+import time
+
+import _thread
 
 from v2g import config, log
 from v2g import clock as clockmod
 
 EXIT_CONFIG = const(2)
+
+current = None  # the running App, for the technician helpers
 
 
 def _args(argv):
@@ -49,19 +60,82 @@ def build(cfg, board, clock):
     return Controller(cfg, clock, inverter)
 
 
+class App:
+    def __init__(self, cfg, board, clock):
+        from v2g.cloud import CloudLink
+        from v2g.commands import Commands
+        from v2g.outbox import Outbox
+        from v2g.store import JsonFile, ensure_dir
+
+        self.cfg = cfg
+        self.board = board
+        self.clock = clock
+        store_dir = cfg["store"]["dir"] or board.get("store_dir") or "data"
+        cfg["store"]["dir"] = store_dir
+        ensure_dir(store_dir)
+        self.ctrl = build(cfg, board, clock)
+        self.ctrl.apply_settings(JsonFile(store_dir + "/settings.json", {}).load())
+        self.outbox = Outbox(store_dir, cfg["mqtt"]["outbox_records"])
+        self.commands = Commands(cfg, clock, store_dir, self.ctrl)
+        self.cloud = CloudLink(cfg, clock, self.ctrl, self.outbox, self.commands)
+        self.control_done = False
+
+    def _control_thread(self):
+        try:
+            self.ctrl.run()
+        finally:
+            self.control_done = True
+
+    def start_control(self):
+        _thread.start_new_thread(self._control_thread, ())
+
+    def stop_control(self):
+        self.ctrl.running = False
+        for _ in range(200):
+            if self.control_done:
+                break
+            time.sleep_ms(10)
+        self.ctrl.stop_output()
+
+
+def _keep_control_on_interrupt():
+    if sys.platform in ("esp32", "rp2"):
+        return True
+    try:
+        import os
+
+        return os.getenv("V2G_REPL") == "1"
+    except (ImportError, AttributeError):
+        return False
+
+
 def main(argv=None):
+    global current
     if argv is None:
         argv = sys.argv[1:]
     path, boards = _args(argv)
     cfg, board = load(path, boards)
     clock = clockmod.from_env()
     log.set_clock(clock)
-    ctrl = build(cfg, board, clock)
+    app = App(cfg, board, clock)
+    current = app
+    ctrl = app.ctrl
     log.event("start", {"device_id": cfg["device_id"], "board": cfg["board"],
                         "period_ms": ctrl.period_ms, "warp": clock.warp})
+    app.start_control()
     try:
-        ctrl.run()
+        app.cloud.run()
     except KeyboardInterrupt:
         pass
-    ctrl.stop_output()
-    log.event("stop", ctrl.snapshot())
+    app.cloud.stop()
+    if _keep_control_on_interrupt():
+        log.event("cloud_stopped", {"control": "running", "hint": "import tech; tech.status()"})
+        return app
+    app.stop_control()
+    st = ctrl.tick_stats()
+    fields = ctrl.snapshot()
+    if st:
+        fields["tick_delay_ms"] = {"p50": st[0], "p99": st[1], "max": st[2], "ticks": st[3]}
+    fields["overruns"] = ctrl.overruns
+    log.event("stop", fields)
+    return app

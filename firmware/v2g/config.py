@@ -283,7 +283,7 @@ SCHEMA = {
         "soc_mismatch_pct": (_rng(_num, 1, 50), 10),
     },
     "store": {
-        "dir": (_str, "data"),
+        "dir": (_str, None),  # None: the board config's store_dir
     },
     "command_key": (_hex64, REQUIRED),
 }

@@ -5,6 +5,11 @@
 # costs one bounded stall and then fault mode. Nothing here touches the
 # network; the cloud link (a separate thread) only reads `snapshot()` and
 # posts commands through `Controller` methods that just set fields.
+import _thread
+
+import array
+import time
+
 from micropython import const
 
 from v2g import kernel as K
@@ -14,6 +19,31 @@ from v2g.modbus import ModbusError
 from v2g.plan import Plan
 
 _SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan's basis
+_JITTER_RING = const(4096)  # last tick start delays kept for p50/p99/max
+
+
+class Mailbox:
+    """A bounded list shared between the control thread and the cloud
+    thread. When full the oldest item goes and `dropped` counts it."""
+
+    def __init__(self, size):
+        self.size = size
+        self.items = []
+        self.dropped = 0
+        self.lock = _thread.allocate_lock()
+
+    def put(self, item):
+        with self.lock:
+            self.items.append(item)
+            if len(self.items) > self.size:
+                self.items.pop(0)
+                self.dropped += 1
+
+    def take(self):
+        with self.lock:
+            items = self.items
+            self.items = []
+        return items
 
 
 class Controller:
@@ -50,6 +80,69 @@ class Controller:
         self.link_errors = 0
         self.last_link_error = None
         self.overruns = 0
+        self.internal_errors = 0
+        # between threads: commands in; telemetry samples and events out
+        self.inbox = Mailbox(16)
+        self.telemetry = Mailbox(256)
+        self.events = Mailbox(64)
+        self.mode_seq = 0  # bumps on every mode change (the cloud republishes state)
+        self.user_mode = "auto"
+        self.dispatch = None  # (ev_w, until unix s)
+        self.telemetry_s = cfg["mqtt"]["telemetry_s"]
+        self.next_telemetry_s = 0
+        self.running = False
+        self.jitter_us = array.array("i", [0] * _JITTER_RING)
+        self._last_fault_rec = None
+        self.jitter_n = 0
+
+    # --- settings changed remotely or at the REPL (persisted by the caller)
+
+    def post(self, action):
+        """Queue an action from another thread; applied at the next tick."""
+        self.inbox.put(action)
+
+    def apply_settings(self, s):
+        """Overrides persisted by earlier commands (settings.json)."""
+        if "reserve_pct" in s:
+            self._apply(("set_reserve", s["reserve_pct"]))
+        if "departure" in s:
+            self._apply(("set_departure", s["departure"][0], s["departure"][1]))
+        if "mode" in s:
+            self._apply(("set_mode", s["mode"]))
+        if "dispatch" in s:
+            self._apply(("dispatch", s["dispatch"][0], s["dispatch"][1]))
+
+    def _apply(self, action):
+        op = action[0]
+        if op == "dispatch":
+            self.dispatch = (action[1], action[2])
+        elif op == "set_reserve":
+            self.guard.set_reserve(action[1])
+            self.plan.reserve_pct = action[1]
+            self.plan.computed_at = None
+        elif op == "set_departure":
+            self.plan.dep_min = action[1]
+            self.plan.dep_pct = action[2]
+            self.guard.set_departure_soc(action[2])
+            self.plan.computed_at = None
+        elif op == "set_mode":
+            self.user_mode = action[1]
+        elif op == "clear_fault":
+            self.guard.clear_fault()
+        elif op == "pause":
+            self.guard.pause()
+        elif op == "resume":
+            self.guard.resume()
+
+    def soc_pct(self):
+        soc = self.guard.soc_cpct
+        return None if soc is None else soc / 100
+
+    def reserve_pct(self):
+        return self.guard.reserve_cpct / 100
+
+    def departure(self):
+        return self.plan.dep_min, self.plan.dep_pct
 
     # --- southbound
 
@@ -92,6 +185,21 @@ class Controller:
 
     # --- plan
 
+    def _request(self, now_s):
+        """What to ask the kernel for, in priority order: the owner's
+        idle/charge_now, a cloud dispatch, the plan."""
+        if self.user_mode == "idle":
+            return 0, "mode_idle", None
+        if self.user_mode == "charge_now":
+            return self.cfg["limits"]["charge_w"], "charge_now", self.plan.target_pct()
+        d = self.dispatch
+        if d is not None:
+            if now_s < d[1]:
+                return d[0], "dispatch", None
+            self.dispatch = None
+            self._event("dispatch_lapsed", {"until": d[1]})
+        return self._plan_request(now_s)
+
     def _plan_request(self, now_s):
         soc = self.guard.soc_cpct
         if soc is None:
@@ -108,12 +216,14 @@ class Controller:
         self.tick_no += 1
         now_ms = self.clock.ticks_ms()
         now_s = self.clock.time()
+        for action in self.inbox.take():
+            self._apply(action)
         self.link_ok = self._southbound_read()
         g = self.guard
         # the guard judges the measurements first, so the plan only ever
         # sees a SoC the guard trusts
         g.update(self.tick_no, self.meas, self.link_ok)
-        req_w, why, ceiling_pct = self._plan_request(now_s)
+        req_w, why, ceiling_pct = self._request(now_s)
         self.req_w = req_w
         self.req_reason = why
         g.limits(None if ceiling_pct is None else int(ceiling_pct * 100 + 0.5))
@@ -128,7 +238,23 @@ class Controller:
         self._set_mode(g, req_w, why)
         if self.link_ok:
             self._southbound_write(sp, now_ms)
+        if now_s >= self.next_telemetry_s:
+            self.next_telemetry_s = now_s - now_s % self.telemetry_s + self.telemetry_s
+            self.telemetry.put(self._sample(now_s))
         return sp
+
+    def _sample(self, now_s):
+        g, m = self.guard, self.meas
+        return {"ts": now_s, "soc_pct": None if g.soc_cpct is None else g.soc_cpct / 100, "ev_w": g.ev_w,
+                "grid_hz": None if g.hz_mhz is None else g.hz_mhz / 1000,
+                "wh_in": getattr(m, "wh_in", None), "wh_out": getattr(m, "wh_out", None)}
+
+    def _event(self, kind, fields):
+        log.event(kind, fields)
+        rec = dict(fields)
+        rec["ev"] = kind
+        rec["ts"] = self.clock.time()
+        self.events.put(rec)
 
     def _set_mode(self, g, req_w, why):
         k = self.k
@@ -148,7 +274,13 @@ class Controller:
                 reason = "freq_response"
         if mode != self.mode or reason != self.reason:
             self.mode, self.reason = mode, reason
-            log.event("mode", self.snapshot())
+            self.mode_seq += 1
+            self._event("mode", self.snapshot())
+        f = g.fault_log
+        if len(f) and f[-1] is not self._last_fault_rec:
+            self._last_fault_rec = f[-1]
+            t, what, code = f[-1]
+            self._event("fault_" + what, {"fault": code})
 
     def snapshot(self):
         """The state record (CONTRACT section 4 `state`)."""
@@ -181,20 +313,30 @@ class Controller:
     def _internal_error(self, e):
         # A bug must not leave power flowing: stop the kernel, command 0 W,
         # report, and go on ticking (the next tick may well succeed).
-        self.internal_errors = getattr(self, "internal_errors", 0) + 1
+        self.internal_errors += 1
         self.k[K.STOP] = 1
         K.tick(self.k)
         self.stop_output()
-        log.event("internal_error", {"error": type(e).__name__ + ": " + str(e)})
+        self._event("internal_error", {"error": type(e).__name__ + ": " + str(e)})
 
     # --- loop
 
     def run(self, stop_after_ticks=None):
+        """The fixed-period loop; returns after stop_after_ticks or when
+        `running` is cleared (by another thread)."""
         clock = self.clock
         period = self.period_ms
         next_ms = clock.ticks_ms()
+        # tick start delays are measured in real microseconds (physics, not
+        # simulated time)
+        real_next_us = time.ticks_us()
+        real_period_us = int(period * 1000 / clock.warp)
         n = 0
-        while stop_after_ticks is None or n < stop_after_ticks:
+        self.running = True
+        while self.running and (stop_after_ticks is None or n < stop_after_ticks):
+            late_us = time.ticks_diff(time.ticks_us(), real_next_us)
+            self.jitter_us[self.jitter_n % _JITTER_RING] = late_us
+            self.jitter_n += 1
             try:
                 self.tick()
             except KeyboardInterrupt:
@@ -203,11 +345,21 @@ class Controller:
                 self._internal_error(e)
             n += 1
             next_ms = clock.ticks_add(next_ms, period)
+            real_next_us = time.ticks_add(real_next_us, real_period_us)
             late = clock.ticks_diff(clock.ticks_ms(), next_ms)
             if late > 0:
                 # Overrun: start the next tick now, never a burst of catch-up
                 # ticks (they would act on the same stale measurements).
                 self.overruns += 1
                 next_ms = clock.ticks_ms()
+                real_next_us = time.ticks_us()
             else:
                 clock.sleep_ms(-late)
+
+    def tick_stats(self):
+        """Tick start delay in ms over the last ticks: (p50, p99, max, count)."""
+        n = min(self.jitter_n, _JITTER_RING)
+        if n == 0:
+            return None
+        v = sorted(self.jitter_us[:n])
+        return (v[n // 2] / 1000, v[min(n - 1, n * 99 // 100)] / 1000, v[-1] / 1000, n)

@@ -22,8 +22,9 @@ def event(kind, fields=None):
     rec = {"t": _clock.time() if _clock else 0, "ev": kind}
     if fields:
         rec.update(fields)
-    sys.stdout.write(json.dumps(rec))
-    sys.stdout.write("\n")
+    # one write per line: two threads log, and a single write of a short
+    # line is not interleaved with another
+    sys.stdout.write(json.dumps(rec) + "\n")
 
 
 def error(text):

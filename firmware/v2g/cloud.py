@@ -1,0 +1,212 @@
+# The cloud link (CONTRACT section 4). Runs in its own thread - the main
+# thread on a board - so the control loop never waits on the network.
+#
+# Owns what umqtt.simple does not: keepalive pings on a timer, reconnect with
+# exponential backoff and jitter, QoS 1 telemetry retried from the persistent
+# outbox with the same seq until acknowledged, retained state and status
+# with a Last Will. Network timing is real time; record timestamps come from
+# the (possibly simulated) clock.
+import json
+import os
+import time
+
+from micropython import const
+
+from v2g import log
+from v2g.mqtt import Client, TlsError, open_stream
+
+_TIMEOUT_S = const(5)  # any single network operation
+_BACKOFF_MIN_MS = const(1000)
+_BACKOFF_MAX_MS = const(60000)
+_STATE_EVERY_MS = const(10000)  # state at least this often (real time)
+_DRAIN_PER_PASS = const(50)  # outbox records per loop pass, so commands keep flowing
+_LOOP_MS = const(20)
+
+
+def _rand_below(n):
+    return int.from_bytes(os.urandom(2), "little") % max(1, n)
+
+
+class CloudLink:
+    def __init__(self, cfg, clock, ctrl, outbox, commands):
+        m = cfg["mqtt"]
+        self.cfg = cfg
+        self.clock = clock
+        self.ctrl = ctrl
+        self.outbox = outbox
+        self.commands = commands
+        self.host, self.port = m["host"], m["port"]
+        self.tls = m["tls"] or None
+        self.keepalive_s = m["keepalive_s"]
+        self.root = "v2g/1/" + cfg["device_id"] + "/"
+        self.t_status = (self.root + "status").encode()
+        self.t_state = (self.root + "state").encode()
+        self.t_telemetry = (self.root + "telemetry").encode()
+        self.t_event = (self.root + "event").encode()
+        self.t_cmd = (self.root + "cmd").encode()
+        self.t_result = (self.root + "cmd/result").encode()
+        self.client = None
+        self.connected = False
+        self.backoff_ms = _BACKOFF_MIN_MS
+        self.next_try_ms = time.ticks_ms()
+        self.last_state_ms = None
+        self.state_due_ms = None  # a command was accepted: show its effect
+        self.state_seq = -1
+        self.results = []  # cmd/result records waiting to be published
+        self.pending_events = []
+        self.stats = {"connects": 0, "connect_failures": 0, "published": 0, "acked": 0, "commands": 0}
+        self.last_error = None
+        self.running = False
+
+    # --- connection
+
+    def _connect(self):
+        m = self.cfg["mqtt"]
+        c = Client(m["client_id"], self.host, self.port, m["user"], m["password"], self.keepalive_s)
+        c.set_last_will(self.t_status, b"offline", True, 1)
+        c.set_callback(self._on_message)
+        stream = open_stream(self.host, self.port, _TIMEOUT_S, self.tls)
+        c.open(stream, True)
+        self.client = c
+        c.subscribe(self.t_cmd, 1)
+        c.publish(self.t_status, b"online", True, 1)
+        self.connected = True
+        self.stats["connects"] += 1
+        self.backoff_ms = _BACKOFF_MIN_MS
+        self.last_state_ms = None  # publish state right away
+        self._event("cloud_connected", {"broker": self.host + ":" + str(self.port), "tls": bool(self.tls)})
+
+    def _drop(self, err):
+        self.last_error = type(err).__name__ + ": " + str(err)
+        if self.client is not None:
+            try:
+                self.client.sock.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+        was = self.connected
+        self.client = None
+        self.connected = False
+        # full jitter on an exponential backoff: a fleet that lost its
+        # broker together must not reconnect together
+        self.next_try_ms = time.ticks_add(time.ticks_ms(), self.backoff_ms // 2 + _rand_below(self.backoff_ms // 2))
+        self.backoff_ms = min(self.backoff_ms * 2, _BACKOFF_MAX_MS)
+        kind = "tls_error" if isinstance(err, TlsError) else "cloud_lost" if was else "cloud_connect_failed"
+        if not was:
+            self.stats["connect_failures"] += 1
+        self._event(kind, {"error": self.last_error})
+
+    # --- inbound commands
+
+    def _on_message(self, topic, msg):
+        if topic != self.t_cmd:
+            return
+        self.stats["commands"] += 1
+        res = self.commands.handle(msg)
+        self.results.append(res)
+        if res["ok"]:
+            # acknowledge by re-published state once the control loop has
+            # applied it (at its next tick)
+            self.state_due_ms = time.ticks_add(time.ticks_ms(), 2 * self.ctrl.period_ms)
+        log.event("cmd", {"id": res["id"], "ok": res["ok"], "error": res["error"], "detail": res["detail"]})
+
+    # --- outbound
+
+    def _event(self, kind, fields):
+        log.event(kind, fields)
+        rec = dict(fields)
+        rec["ev"] = kind
+        rec["ts"] = self.clock.time()
+        self.pending_events.append(rec)
+        if len(self.pending_events) > 64:
+            self.pending_events.pop(0)
+
+    def _collect(self):
+        """Move what the control thread produced into the outbox / queues."""
+        for rec in self.ctrl.telemetry.take():
+            self.outbox.append(rec)
+        dropped = self.outbox.take_drop_report()
+        if dropped:
+            self._event("telemetry_dropped", {"count": dropped, "acked_up_to": self.outbox.acked})
+        self.pending_events.extend(self.ctrl.events.take())
+        if len(self.pending_events) > 64:
+            del self.pending_events[: len(self.pending_events) - 64]
+
+    def _publish_all(self):
+        c = self.client
+        while self.results:
+            c.publish(self.t_result, json.dumps(self.results[0]).encode(), False, 1)
+            self.results.pop(0)
+        while self.pending_events:
+            c.publish(self.t_event, json.dumps(self.pending_events[0]).encode(), False, 1)
+            self.pending_events.pop(0)
+        now = time.ticks_ms()
+        due = self.state_due_ms is not None and time.ticks_diff(now, self.state_due_ms) >= 0
+        if (due or self.state_seq != self.ctrl.mode_seq or self.last_state_ms is None
+                or time.ticks_diff(now, self.last_state_ms) >= _STATE_EVERY_MS):
+            self.state_seq = self.ctrl.mode_seq
+            if due:
+                self.state_due_ms = None
+            c.publish(self.t_state, json.dumps(self.ctrl.snapshot()).encode(), True, 1)
+            self.last_state_ms = now
+        for _ in range(_DRAIN_PER_PASS):
+            head = self.outbox.peek()
+            if head is None:
+                break
+            # publish() returns only after the PUBACK for this packet
+            c.publish(self.t_telemetry, head[1], False, 1)
+            self.stats["published"] += 1
+            if self.outbox.ack(head[0]):
+                self.stats["acked"] += 1
+        self.outbox.flush()
+
+    def _keepalive(self):
+        c = self.client
+        now = time.ticks_ms()
+        ka_ms = self.keepalive_s * 1000
+        if time.ticks_diff(now, c.last_rx_ms) > ka_ms * 3 // 2:
+            raise OSError(-110)  # nothing heard: the broker (or the path) is gone
+        if time.ticks_diff(now, c.last_tx_ms) >= ka_ms // 2:
+            c.ping()
+
+    # --- loop
+
+    def step(self):
+        """One pass: never blocks longer than the socket timeout."""
+        self._collect()
+        if not self.connected:
+            if time.ticks_diff(time.ticks_ms(), self.next_try_ms) < 0:
+                return
+            try:
+                self._connect()
+            except (OSError, IndexError, AssertionError, ValueError) as e:
+                # umqtt asserts on an unexpected CONNACK: same as a failure
+                self._drop(e)
+                return
+        try:
+            # read everything waiting (commands, pings) without blocking
+            while self.client.check_msg() is not None:
+                pass
+            self._publish_all()
+            self._keepalive()
+        except (OSError, IndexError, AssertionError, ValueError, TypeError) as e:
+            self._drop(e)
+
+    def run(self):
+        self.running = True
+        while self.running:
+            self.step()
+            time.sleep_ms(_LOOP_MS)
+
+    def stop(self):
+        """Clean stop: `offline` (retained) replaces the Last Will."""
+        self.running = False
+        if self.connected:
+            try:
+                self._collect()
+                self._publish_all()
+                self.client.publish(self.t_status, b"offline", True, 1)
+                self.client.disconnect()
+            except (OSError, IndexError, AssertionError):
+                pass
+        self.outbox.flush()
+        self.connected = False

@@ -1,0 +1,197 @@
+# MQTT session on micropython-lib's umqtt.simple, made safe for a device that
+# must never hang on the network.
+#
+# umqtt.simple opens its own socket with no timeout, reads any payload whole
+# into RAM, and (1.3.4 vs newer) takes TLS options in incompatible forms. So:
+#  - this module opens the TCP connection itself (with a timeout), wraps it in
+#    TLS itself (DER CA, optional client cert, hostname verified; never a
+#    fallback to plain TCP), and hands the ready stream to umqtt through the
+#    module-global `socket` that every umqtt.simple version uses;
+#  - the stream keeps its timeout: umqtt's setblocking(True) restores the
+#    timeout instead of blocking forever on a broker that stopped answering;
+#  - wait_msg is overridden (same wire logic) to discard payloads larger than
+#    the command limit without allocating them, and to note when anything
+#    arrived, for keepalive.
+# Only call forms that umqtt.simple 1.3.4 and the newer frozen one both
+# accept are used: MQTTClient(client_id, server, port, user, password,
+# keepalive), set_last_will, connect(clean_session), publish, subscribe,
+# check_msg, ping, disconnect.
+import socket
+import time
+
+import umqtt.simple as _umqtt
+
+_DISCARD_CHUNK = const(256)
+
+
+class TlsError(OSError):
+    pass
+
+
+class _Stream:
+    """A connected (TLS) socket that umqtt believes it created."""
+
+    def __init__(self, sock, raw, timeout_s):
+        self.s = sock
+        self.raw = raw
+        self.timeout_s = timeout_s
+
+    def connect(self, addr):
+        pass  # already connected by open_stream()
+
+    def read(self, n):
+        return self.s.read(n)
+
+    def readinto(self, buf):
+        return self.s.readinto(buf)
+
+    def write(self, buf, n=None):
+        if n is not None:
+            buf = memoryview(buf)[:n]
+        return self.s.write(buf)
+
+    def setblocking(self, flag):
+        if flag:
+            self.raw.settimeout(self.timeout_s)
+        else:
+            self.raw.settimeout(0)
+
+    def close(self):
+        try:
+            self.s.close()
+        finally:
+            if self.raw is not self.s:
+                try:
+                    self.raw.close()
+                except OSError:
+                    pass
+
+
+class _SocketShim:
+    """Stands in for the socket module inside umqtt.simple for one connect."""
+
+    pending = None
+
+    def socket(self, *args):
+        s = self.pending
+        self.pending = None
+        return s
+
+    def getaddrinfo(self, host, port, *args):
+        return [(0, 0, 0, "", (host, port))]
+
+
+_shim = _SocketShim()
+_umqtt.socket = _shim
+
+
+def _read_file(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def open_stream(host, port, timeout_s, tls=None):
+    """TCP (and TLS when tls is a dict with "ca", optional "cert"/"key")
+    with a timeout. Raises OSError (TlsError for certificate problems)."""
+    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+    raw = socket.socket()
+    raw.settimeout(timeout_s)
+    try:
+        raw.connect(addr)
+        if not tls:
+            return _Stream(raw, raw, timeout_s)
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.verify_mode = ssl.CERT_REQUIRED  # the unix port does not verify by default
+        ctx.load_verify_locations(cadata=_read_file(tls["ca"]))
+        if tls.get("cert"):
+            ctx.load_cert_chain(_read_file(tls["cert"]), _read_file(tls["key"]))
+        try:
+            s = ctx.wrap_socket(raw, server_hostname=host)
+        except (OSError, ValueError) as e:
+            raise TlsError("TLS: " + _tls_reason(e))
+        return _Stream(s, raw, timeout_s)
+    except BaseException:
+        raw.close()
+        raise
+
+
+def _tls_reason(e):
+    text = str(e)
+    if "CERT" in text.upper() or "VERIFY" in text.upper():
+        return "certificate not trusted or wrong host name (" + text + ")"
+    return text
+
+
+class Client(_umqtt.MQTTClient):
+    max_payload = 4096
+
+    def __init__(self, client_id, server, port, user=None, password=None, keepalive=0):
+        super().__init__(client_id, server, port, user, password, keepalive)
+        self.last_rx_ms = time.ticks_ms()
+        self.last_tx_ms = self.last_rx_ms
+
+    def open(self, stream, clean_session=True):
+        _shim.pending = stream
+        try:
+            present = self.connect(clean_session)
+        except Exception:
+            stream.close()
+            raise
+        now = time.ticks_ms()
+        self.last_rx_ms = self.last_tx_ms = now
+        return present
+
+    def wait_msg(self):
+        res = self.sock.read(1)
+        self.sock.setblocking(True)
+        if res is None:
+            return None
+        if res == b"":
+            raise OSError(-1)  # broker closed the connection
+        self.last_rx_ms = time.ticks_ms()
+        op = res[0]
+        if op == 0xD0:  # PINGRESP
+            if self.sock.read(1) != b"\0":
+                raise OSError(-2)
+            return None
+        if op & 0xF0 != 0x30:
+            return op  # PUBACK/SUBACK...: the caller reads the rest
+        sz = self._recv_len()
+        b = self.sock.read(2)
+        topic_len = (b[0] << 8) | b[1]
+        if topic_len + 2 > sz or topic_len > 256:
+            raise OSError(-3)  # protocol error: drop the connection
+        topic = self.sock.read(topic_len)
+        sz -= topic_len + 2
+        pid = 0
+        if op & 6:
+            b = self.sock.read(2)
+            pid = (b[0] << 8) | b[1]
+            sz -= 2
+        if sz > self.max_payload:
+            # too large for the heap: read it away in small pieces
+            while sz > 0:
+                n = min(sz, _DISCARD_CHUNK)
+                got = self.sock.read(n)
+                if not got:
+                    raise OSError(-4)
+                sz -= len(got)
+            msg = None
+        else:
+            msg = self.sock.read(sz) if sz else b""
+        self.cb(topic, msg)
+        if op & 6 == 2:
+            self.sock.write(bytes((0x40, 2, pid >> 8, pid & 0xFF)))
+        elif op & 6 == 4:
+            raise OSError(-5)  # QoS 2 is not used here
+        return op
+
+    def publish(self, topic, msg, retain=False, qos=0):
+        super().publish(topic, msg, retain, qos)
+        self.last_tx_ms = time.ticks_ms()
+
+    def ping(self):
+        super().ping()
+        self.last_tx_ms = time.ticks_ms()

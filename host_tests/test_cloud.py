@@ -1,0 +1,185 @@
+"""Cloud link end to end: the firmware on the unix port, Mosquitto as the
+broker, paho-mqtt as the cloud side, the SunSpec simulator as the inverter."""
+import json
+import signal
+import time
+
+import pytest
+
+from conftest import site_config
+from tools.cloud_client import Cloud, command
+
+KEY = json.loads(open(__file__.replace("host_tests/test_cloud.py", "examples/site.json")).read())["command_key"]
+DEV = "home-charger-01"
+# 2026-06-15 19:00 local (UTC+8): the evening peak
+EVENING_MS = (1781452800 + 19 * 3600) * 1000
+
+
+@pytest.fixture
+def site(tmp_path, broker, live_inverter, firmware):
+    """Start broker, inverter, firmware and a cloud client; returns a namespace."""
+
+    class Site:
+        pass
+
+    def make(warp=1.0, soc_pct=50, sim_epoch_ms=EVENING_MS, env=None, persistent=False, **overrides):
+        s = Site()
+        s.broker = broker(persistence=persistent)
+        s.inv = live_inverter(warp=warp, sim_epoch=sim_epoch_ms / 1000, soc_pct=soc_pct, ramp_w_per_s=1e6)
+        s.cloud = Cloud("127.0.0.1", s.broker.port, DEV, client_id="cloud-backend" if persistent else None)
+        s.cfg_path, s.cfg = site_config(tmp_path, s.inv.port, s.broker.port, **overrides)
+        s.env = dict(env or {}, V2G_CLOCK=s.inv.clock.to_env())
+        s.fw = firmware(s.cfg_path, s.env)
+        s.tmp = tmp_path
+        return s
+
+    yield make
+
+
+def now_sim(s):
+    return int(s.inv.clock.now())
+
+
+def send(s, op, args, seq, exp=None, cid=None):
+    cid = cid or f"c{seq}"
+    s.cloud.send(command(KEY, op, args, seq, exp if exp is not None else now_sim(s) + 600, cid))
+    return s.cloud.result(cid)
+
+
+def test_status_state_and_last_will(site):
+    s = site()
+    assert s.cloud.wait(lambda c: b"online" in c.topic("status"))
+    st = s.cloud.wait(lambda c: [x for x in c.json("state") if x["mode"] in ("discharge", "charge", "idle")])
+    for key in ("ts", "mode", "soc_pct", "ev_w", "setpoint_w", "reserve_pct", "grid_hz", "fault", "reason"):
+        assert key in st[-1]
+    # kill -9: the broker publishes the Last Will
+    s.fw.proc.send_signal(signal.SIGKILL)
+    s.fw.proc.wait(5)
+    assert s.cloud.wait(lambda c: c.topic("status")[-1:] == [b"offline"], timeout=10)  # the socket closes: the broker acts at once
+
+
+def test_clean_stop_publishes_offline_and_state_is_retained(site, tmp_path):
+    s = site()
+    assert s.cloud.wait(lambda c: c.json("state"))
+    assert s.fw.stop() == 0
+    assert s.cloud.wait(lambda c: c.topic("status")[-1:] == [b"offline"], timeout=5)
+    # a late subscriber gets the retained status and state
+    late = Cloud("127.0.0.1", s.broker.port, DEV)
+    try:
+        assert late.wait(lambda c: c.topic("status") == [b"offline"] and c.json("state"), timeout=5)
+        assert all(r for _, _, r in late.msgs)  # both arrived as retained
+    finally:
+        late.close()
+
+
+def test_dispatch_sets_wset_sign_and_state(site):
+    s = site(soc_pct=70)
+    assert s.cloud.wait(lambda c: b"online" in c.topic("status"))
+    res = send(s, "dispatch", {"ev_w": -4000, "until": now_sim(s) + 1800}, 1)
+    assert res == {"id": "c1", "ok": True, "error": None, "detail": res["detail"]}
+    assert "limited" not in res["detail"]
+    st = s.cloud.wait(lambda c: [x for x in c.json("state") if x["reason"] == "dispatch" and x["setpoint_w"] == -4000],
+                      timeout=15)
+    assert st and st[-1]["mode"] == "discharge"
+    # SunSpec WSet is positive for injection: the EV discharging 4 kW is WSet +4000
+    assert s.inv.inv.map.get(704, "WSet") == 4000
+    assert s.inv.inv.ev_w == pytest.approx(-4000, abs=5)
+
+
+def test_dispatch_below_reserve_is_limited_and_reserve_holds(site):
+    # x60: the 1.5 % above the reserve (900 Wh) go in ~8 s of wall time at 7 kW
+    s = site(warp=60.0, soc_pct=31.5)
+    assert s.cloud.wait(lambda c: b"online" in c.topic("status"))
+    res = send(s, "dispatch", {"ev_w": -9000, "until": now_sim(s) + 3 * 3600}, 5)
+    assert res["ok"] is True
+    assert "limited to limits.discharge_w 7000 W" in res["detail"] and "stops at reserve 30 %" in res["detail"]
+    assert s.cloud.wait(lambda c: [x for x in c.json("state") if x["reason"] == "reserve_reached"], timeout=30)
+    socs = []
+    for _ in range(20):
+        socs.append(s.inv.inv.soc_pct)
+        time.sleep(0.1)
+    assert min(socs) >= 30.0
+    assert abs(s.inv.inv.ev_w) < 50
+
+
+@pytest.mark.parametrize("case,code", [
+    ("not_json", "bad_payload"), ("no_sig", "bad_payload"), ("bad_sig", "bad_sig"),
+    ("replay", "replay"), ("expired", "expired"), ("bad_op", "bad_op"), ("bad_args", "bad_args"),
+    ("too_large", "bad_payload"), ("missing_field", "bad_payload")])
+def test_every_error_code(site, case, code):
+    s = site()
+    assert s.cloud.wait(lambda c: b"online" in c.topic("status"))
+    assert send(s, "set_reserve", {"pct": 35}, 10)["ok"] is True
+    t = now_sim(s)
+    body = {"id": "x", "seq": 11, "exp": t + 600, "op": "set_reserve", "args": {"pct": 40}}
+    if case == "not_json":
+        payload = b"{nope"
+    elif case == "no_sig":
+        payload = json.dumps({"body": json.dumps(body)}).encode()
+    elif case == "bad_sig":
+        payload = json.dumps({"body": json.dumps(body), "sig": "00" * 32}).encode()
+    elif case == "replay":
+        payload = command(KEY, "set_reserve", {"pct": 40}, 10, t + 600, "x")
+    elif case == "expired":
+        payload = command(KEY, "set_reserve", {"pct": 40}, 11, t - 1, "x")
+    elif case == "bad_op":
+        payload = command(KEY, "self_destruct", {}, 11, t + 600, "x")
+    elif case == "bad_args":
+        payload = command(KEY, "set_reserve", {"pct": 95}, 11, t + 600, "x")
+    elif case == "too_large":
+        payload = command(KEY, "set_reserve", {"pct": 40, "pad": "x" * 200_000}, 11, t + 600, "x")
+    else:
+        body.pop("exp")
+        b = json.dumps(body)
+        from tools.cloud_client import sign
+        payload = json.dumps({"body": b, "sig": sign(KEY, b)}).encode()
+    s.cloud.send(payload)
+    got = s.cloud.wait(lambda c: [r for r in c.json("cmd/result") if r.get("error")], timeout=10)
+    assert got and got[-1]["ok"] is False and got[-1]["error"] == code, got
+    # nothing changed: the reserve is still 35 and seq 11 is still free
+    assert send(s, "set_departure", {"time": "07:30", "soc_pct": 80}, 11)["ok"] is True
+    st = s.cloud.wait(lambda c: [x for x in c.json("state") if x["reserve_pct"] == 35.0])
+    assert st and st[-1]["reserve_pct"] == 35.0
+
+
+def test_seq_and_settings_survive_a_restart(site, firmware):
+    s = site()
+    assert s.cloud.wait(lambda c: b"online" in c.topic("status"))
+    assert send(s, "set_reserve", {"pct": 40}, 100)["ok"] is True
+    assert s.fw.stop() == 0
+    fw2 = firmware(s.cfg_path, s.env)
+    assert fw2.wait_event("cloud_connected")
+    r = send(s, "set_reserve", {"pct": 45}, 100, cid="again")
+    assert r["error"] == "replay"
+    st = s.cloud.wait(lambda c: [x for x in c.json("state") if x["reserve_pct"] == 40.0 and x["ts"] > 0])
+    assert st
+    assert send(s, "set_reserve", {"pct": 45}, 101)["ok"] is True
+
+
+def test_telemetry_survives_a_broker_outage(site):
+    # telemetry every simulated second at x10: ten records per wall second;
+    # the cloud back end keeps a persistent session, as real back ends do
+    s = site(warp=10.0, persistent=True, mqtt__telemetry_s=1)
+    assert s.cloud.wait(lambda c: len(c.json("telemetry")) >= 10, timeout=15)
+    before = len(s.fw.events("cloud_connected"))
+    s.broker.stop()
+    time.sleep(3)  # ~30 records pile up in the outbox
+    n_lost = len(s.fw.events("cloud_lost"))
+    s.broker.start()
+    assert n_lost >= 1
+    assert s.fw.wait_event("cloud_connected", lambda e: len(s.fw.events("cloud_connected")) > before, timeout=20)
+    t_back = time.time()
+    got = s.cloud.wait(lambda c: len(c.json("telemetry")) >= 60, timeout=20)
+    assert got
+    recs = s.cloud.json("telemetry")
+    seqs = [r["seq"] for r in recs]
+    # QoS 1 may deliver a record twice (same seq, same content), never skip one
+    uniq = sorted(set(seqs))
+    assert uniq == list(range(uniq[0], uniq[0] + len(uniq)))
+    by_seq = {}
+    for r in recs:
+        assert by_seq.setdefault(r["seq"], r) == r
+    ts = [by_seq[q]["ts"] for q in uniq]
+    assert ts == sorted(ts) and ts[-1] - ts[0] >= 50  # the outage is covered
+    for r in recs[:3]:
+        assert set(r) >= {"seq", "ts", "soc_pct", "ev_w", "grid_hz", "wh_in", "wh_out"}
