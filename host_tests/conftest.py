@@ -23,7 +23,7 @@ def mp_env(extra=None):
     env = dict(os.environ)
     env["MICROPYPATH"] = MICROPYPATH
     if extra:
-        env.update(extra)
+        env.update(extra)  # may replace MICROPYPATH
     return env
 
 
@@ -188,13 +188,25 @@ class Firmware:
     """The firmware (firmware/main.py) on the unix port as its own process;
     its JSON event lines are collected."""
 
-    def __init__(self, config_path, env=None):
+    def __init__(self, config_path, env=None, heap=None, compiled=False):
+        """compiled: run the .mpy build (tools/build_mpy.py), as a board
+        runs it; needed for small heaps (compiling source costs RAM)."""
         import threading
 
         self.lines = []
         self.cond = threading.Condition()
+        heap_args = ["-X", f"heapsize={heap}"] if heap else []
+        env = dict(env or {})
+        main = FIRMWARE / "main.py"
+        if compiled:
+            from tools.build_mpy import build
+
+            out = ROOT / "build" / "mpy" / "x64"
+            build("x64", out)
+            env["MICROPYPATH"] = f"{out}:{out / 'lib'}:.frozen"
+            main = out / "main.py"
         self.proc = subprocess.Popen(
-            [MICROPYTHON, str(FIRMWARE / "main.py"), str(config_path), "--boards", str(ROOT / "board_configs")],
+            [MICROPYTHON, *heap_args, str(main), str(config_path), "--boards", str(ROOT / "board_configs")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mp_env(env), cwd=ROOT)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -273,8 +285,8 @@ def site_config(tmp_path, inverter_port, broker_port, **overrides):
 def firmware():
     made = []
 
-    def make(config_path, env=None):
-        f = Firmware(config_path, env)
+    def make(config_path, env=None, heap=None, compiled=False):
+        f = Firmware(config_path, env, heap, compiled)
         made.append(f)
         return f
 

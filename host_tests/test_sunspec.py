@@ -137,7 +137,8 @@ def test_read_point_applies_scale_factor_with_units(live_inverter):
     li.inv.grid.set_override_hz(50.02)
     li.call(li.inv.step, li.clock.now())
     got = run_mpy(READ + """
-print(json.dumps([inv.read_point("701.Hz"), inv.read_point("713.SoC"), inv.read_point("704.WSetRvrtTms")]))
+from v2g.sunspec_points import read_point
+print(json.dumps([read_point(inv, "701.Hz"), read_point(inv, "713.SoC"), read_point(inv, "704.WSetRvrtTms")]))
 """, args=[str(li.port)]).json()
     assert got[0][0] == pytest.approx(50.02) and got[0][1] == "Hz"
     assert got[1] == [55.5, "%"]

@@ -11,7 +11,7 @@ import time
 
 import _thread
 
-from v2g import config, log
+from v2g import log
 from v2g import clock as clockmod
 
 EXIT_CONFIG = const(2)
@@ -36,14 +36,27 @@ def _args(argv):
 
 def load(path, boards_dir):
     """-> (cfg, board) or exits 2 with one line naming the key and the rule."""
+    from v2g import config
+
     try:
         cfg = config.load(path)
         board = config.load_board(boards_dir, cfg["board"])
         config.check_board(cfg, board)
-        return cfg, board
     except config.ConfigError as e:
         log.error("config error: " + e.path + ": " + e.rule)
         sys.exit(EXIT_CONFIG)
+    # The validator (schema and rules) is the largest module and is done
+    # now: unload it, its RAM is worth more to TLS.
+    del config
+    sys.modules.pop("v2g.config", None)
+    import v2g
+
+    if "config" in v2g.__dict__:
+        del v2g.__dict__["config"]
+    import gc
+
+    gc.collect()
+    return cfg, board
 
 
 def build(cfg, board, clock):

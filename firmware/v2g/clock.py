@@ -89,3 +89,20 @@ def local_minute(clock_or_unix_s, utc_offset_min):
     """Minutes after local midnight."""
     t = clock_or_unix_s if isinstance(clock_or_unix_s, int) else clock_or_unix_s.time()
     return ((t // 60) + utc_offset_min) % 1440
+
+
+def hhmm_to_min(text):
+    """'HH:MM' -> minutes after midnight; ValueError with the rule broken."""
+    if not isinstance(text, str) or len(text) != 5 or text[2] != ":":
+        raise ValueError('must be "HH:MM"')
+    hh, mm = text[:2], text[3:]
+    if not (hh.isdigit() and mm.isdigit()):
+        raise ValueError('must be "HH:MM"')
+    h, m = int(hh), int(mm)
+    if h > 23 or m > 59:
+        raise ValueError('must be "HH:MM" with HH 00-23 and MM 00-59')
+    return h * 60 + m
+
+
+def min_to_hhmm(m):
+    return "%02d:%02d" % (m // 60, m % 60)

@@ -21,6 +21,8 @@ _BACKOFF_MAX_MS = const(60000)
 _STATE_EVERY_MS = const(10000)  # state at least this often (real time)
 _DRAIN_PER_PASS = const(50)  # outbox records per loop pass, so commands keep flowing
 _LOOP_MS = const(20)
+_READ_PER_PASS = const(4)
+_RESULTS_KEPT = const(16)
 
 
 def _rand_below(n):
@@ -77,6 +79,9 @@ class CloudLink:
         self._event("cloud_connected", {"broker": self.host + ":" + str(self.port), "tls": bool(self.tls)})
 
     def _drop(self, err):
+        import gc
+
+        gc.collect()
         self.last_error = type(err).__name__ + ": " + str(err)
         if self.client is not None:
             try:
@@ -86,6 +91,8 @@ class CloudLink:
         was = self.connected
         self.client = None
         self.connected = False
+        # results in flight go again on the next connection
+        self.results = [(None, p) for _, p in self.results]
         # full jitter on an exponential backoff: a fleet that lost its
         # broker together must not reconnect together
         self.next_try_ms = time.ticks_add(time.ticks_ms(), self.backoff_ms // 2 + _rand_below(self.backoff_ms // 2))
@@ -102,7 +109,14 @@ class CloudLink:
             return
         self.stats["commands"] += 1
         res = self.commands.handle(msg)
-        self.results.append(res)
+        # Sent at once, without waiting for the PUBACK: a flood of commands
+        # then costs one result at a time in RAM. Kept (bounded) until
+        # acknowledged, and re-sent after a reconnect.
+        payload = json.dumps(res).encode()
+        pid = self.client.publish(self.t_result, payload, False, 1, False)
+        self.results.append((pid, payload))
+        if len(self.results) > _RESULTS_KEPT:
+            self.results.pop(0)
         if res["ok"]:
             # acknowledge by re-published state once the control loop has
             # applied it (at its next tick)
@@ -133,9 +147,15 @@ class CloudLink:
 
     def _publish_all(self):
         c = self.client
-        while self.results:
-            c.publish(self.t_result, json.dumps(self.results[0]).encode(), False, 1)
-            self.results.pop(0)
+        # results not yet acknowledged (e.g. sent before a reconnect)
+        keep = []
+        for pid, payload in self.results:
+            if pid not in c.inflight:
+                if pid is not None:
+                    continue  # acknowledged
+                pid = c.publish(self.t_result, payload, False, 1, False)
+            keep.append((pid, payload))
+        self.results = keep
         while self.pending_events:
             c.publish(self.t_event, json.dumps(self.pending_events[0]).encode(), False, 1)
             self.pending_events.pop(0)
@@ -183,18 +203,28 @@ class CloudLink:
                 self._drop(e)
                 return
         try:
-            # read everything waiting (commands, pings) without blocking
-            while self.client.check_msg() is not None:
-                pass
+            # read what is waiting (commands, pings) without blocking; a few
+            # at a time, so a flood of commands cannot pile up results in RAM
+            for _ in range(_READ_PER_PASS):
+                if self.client.check_msg() is None:
+                    break
             self._publish_all()
             self._keepalive()
-        except (OSError, IndexError, AssertionError, ValueError, TypeError) as e:
+        except (OSError, IndexError, AssertionError, ValueError, TypeError, MemoryError) as e:
+            # MemoryError too: a fragmented heap costs the session, never
+            # the thread; the next connect starts from a collected heap
             self._drop(e)
 
     def run(self):
+        import gc
+
         self.running = True
         while self.running:
-            self.step()
+            try:
+                self.step()
+            except Exception as e:  # noqa: BLE001 - the cloud thread must outlive a bug
+                self._event("cloud_error", {"error": type(e).__name__ + ": " + str(e)})
+                gc.collect()
             time.sleep_ms(_LOOP_MS)
 
     def stop(self):

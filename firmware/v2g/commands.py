@@ -8,10 +8,11 @@
 import json
 
 from v2g import auth
-from v2g.config import ConfigError, hhmm_to_min, min_to_hhmm
+from v2g.clock import hhmm_to_min, min_to_hhmm
 from v2g.store import JsonFile
 
 MAX_PAYLOAD = const(4096)
+_MAX_DEPTH = const(8)  # a command is 3 levels deep; 4 KB of "[" would be 4,096 lists
 _MAX_ID = const(36)
 _MAX_DISPATCH_S = const(4 * 3600)
 OPS = ("dispatch", "set_reserve", "set_departure", "set_mode", "clear_fault")
@@ -64,6 +65,8 @@ class Commands:
     def _parse(self, payload):
         if payload is None or len(payload) > MAX_PAYLOAD:
             raise Reject("bad_payload", "payload larger than %d bytes" % MAX_PAYLOAD)
+        if _too_deep(payload):
+            raise Reject("bad_payload", "nested deeper than %d" % _MAX_DEPTH)
         try:
             outer = json.loads(payload)
         except (ValueError, MemoryError, RuntimeError):
@@ -71,6 +74,8 @@ class Commands:
         if not isinstance(outer, dict) or not isinstance(outer.get("body"), str) or not isinstance(outer.get("sig"), str):
             raise Reject("bad_payload", 'need {"body": "<JSON text>", "sig": "<hex>"}')
         body_text = outer["body"]
+        if _too_deep(body_text):
+            raise Reject("bad_payload", "body nested deeper than %d" % _MAX_DEPTH)
         try:
             body = json.loads(body_text)
         except (ValueError, MemoryError, RuntimeError):
@@ -158,9 +163,9 @@ class Commands:
         _only(a, ("time", "soc_pct"))
         t, soc = a.get("time"), a.get("soc_pct")
         try:
-            minute = hhmm_to_min("args.time", t)
-        except ConfigError as e:
-            raise Reject("bad_args", e.rule)
+            minute = hhmm_to_min(t)
+        except ValueError as e:
+            raise Reject("bad_args", "time " + str(e))
         if not _is_num(soc) or not self.ctrl.reserve_pct() <= soc <= 100:
             raise Reject("bad_args", "need reserve_pct <= soc_pct <= 100")
         return (("set_departure", minute, soc), "departure %s at %s %%" % (min_to_hhmm(minute), _pct(soc)),
@@ -178,6 +183,33 @@ class Commands:
         if self.ctrl.guard.latched is None:
             return ("clear_fault",), "no latched fault", None
         return ("clear_fault",), "clear requested: " + self.ctrl.guard.latched, None
+
+
+def _too_deep(text):
+    """Bracket depth outside strings beyond _MAX_DEPTH? Checked before
+    json.loads, which would build one list or dict per level."""
+    if isinstance(text, str):
+        text = text.encode()
+    depth = 0
+    in_str = False
+    esc = False
+    for c in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == 0x5C:  # backslash
+                esc = True
+            elif c == 0x22:  # quote
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c == 0x5B or c == 0x7B:  # [ {
+            depth += 1
+            if depth > _MAX_DEPTH:
+                return True
+        elif c == 0x5D or c == 0x7D:
+            depth -= 1
+    return False
 
 
 def _only(args, names):

@@ -5,6 +5,9 @@
 # a typo must not silently drop a limit. The rules are CONTRACT.md section 2;
 # optional keys and their defaults are listed in README.md.
 
+from v2g.clock import hhmm_to_min as _hhmm
+from v2g.clock import min_to_hhmm
+
 # Power limits are bounded so every fixed-point product in the control kernel
 # stays inside +-2**29 (31-bit small ints on the boards).
 _MAX_W = const(1000000)
@@ -60,15 +63,10 @@ def _str(path, v, max_len=255):
 
 def hhmm_to_min(path, v):
     """'HH:MM' -> minutes after midnight."""
-    if not isinstance(v, str) or len(v) != 5 or v[2] != ":":
-        raise ConfigError(path, 'must be "HH:MM"')
-    hh, mm = v[:2], v[3:]
-    if not (hh.isdigit() and mm.isdigit()):
-        raise ConfigError(path, 'must be "HH:MM"')
-    h, m = int(hh), int(mm)
-    if h > 23 or m > 59:
-        raise ConfigError(path, 'must be "HH:MM" with HH 00-23 and MM 00-59')
-    return h * 60 + m
+    try:
+        return _hhmm(v)
+    except ValueError as e:
+        raise ConfigError(path, str(e))
 
 
 def _device_id(path, v):

@@ -19,7 +19,7 @@ from v2g.modbus import ModbusError
 from v2g.plan import Plan
 
 _SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan's basis
-_JITTER_RING = const(4096)  # last tick start delays kept for p50/p99/max
+_JITTER_RING = const(1024)  # last tick start delays kept for p50/p99/max
 
 
 class Mailbox:
@@ -91,7 +91,7 @@ class Controller:
         self.telemetry_s = cfg["mqtt"]["telemetry_s"]
         self.next_telemetry_s = 0
         self.running = False
-        self.jitter_us = array.array("i", [0] * _JITTER_RING)
+        self.jitter_us = array.array("i", bytes(4 * _JITTER_RING))
         self._last_fault_rec = None
         self.jitter_n = 0
 

@@ -12,10 +12,11 @@
 #  - wait_msg is overridden (same wire logic) to discard payloads larger than
 #    the command limit without allocating them, and to note when anything
 #    arrived, for keepalive.
+#  - publish is our own (same packet): QoS 1 may return before the PUBACK.
 # Only call forms that umqtt.simple 1.3.4 and the newer frozen one both
 # accept are used: MQTTClient(client_id, server, port, user, password,
-# keepalive), set_last_will, connect(clean_session), publish, subscribe,
-# check_msg, ping, disconnect.
+# keepalive), set_last_will, connect(clean_session), subscribe, check_msg,
+# ping, disconnect, and the attributes sock, pid, cb, _send_str, _recv_len.
 import socket
 import time
 
@@ -131,6 +132,7 @@ class Client(_umqtt.MQTTClient):
         super().__init__(client_id, server, port, user, password, keepalive)
         self.last_rx_ms = time.ticks_ms()
         self.last_tx_ms = self.last_rx_ms
+        self.inflight = {}  # pid -> True until its PUBACK
 
     def open(self, stream, clean_session=True):
         _shim.pending = stream
@@ -156,8 +158,14 @@ class Client(_umqtt.MQTTClient):
             if self.sock.read(1) != b"\0":
                 raise OSError(-2)
             return None
+        if op == 0x40:  # PUBACK: ours to account for
+            b = self.sock.read(3)
+            if b[0] != 2:
+                raise OSError(-2)
+            self.inflight.pop((b[1] << 8) | b[2], None)
+            return None
         if op & 0xF0 != 0x30:
-            return op  # PUBACK/SUBACK...: the caller reads the rest
+            return op  # SUBACK...: umqtt's caller reads the rest
         sz = self._recv_len()
         b = self.sock.read(2)
         topic_len = (b[0] << 8) | b[1]
@@ -181,16 +189,44 @@ class Client(_umqtt.MQTTClient):
             msg = None
         else:
             msg = self.sock.read(sz) if sz else b""
-        self.cb(topic, msg)
-        if op & 6 == 2:
-            self.sock.write(bytes((0x40, 2, pid >> 8, pid & 0xFF)))
-        elif op & 6 == 4:
+        if op & 6 == 4:
             raise OSError(-5)  # QoS 2 is not used here
+        self.cb(topic, msg)
+        if pid:
+            self.sock.write(bytes((0x40, 2, pid >> 8, pid & 0xFF)))
         return op
 
-    def publish(self, topic, msg, retain=False, qos=0):
-        super().publish(topic, msg, retain, qos)
+    def publish(self, topic, msg, retain=False, qos=0, wait=True):
+        """Like umqtt's publish, but a QoS 1 publish can return before its
+        PUBACK (wait=False); wait_msg() retires the PUBACKs. umqtt's own
+        publish waits for each PUBACK and meanwhile runs the command
+        callback, which lets a flood of commands pile up in RAM."""
+        pid = 0
+        sz = 2 + len(topic) + len(msg)
+        if qos:
+            self.pid = self.pid % 65535 + 1
+            pid = self.pid
+            sz += 2
+        hdr = bytearray(5)
+        hdr[0] = 0x30 | qos << 1 | (1 if retain else 0)
+        i = 1
+        while sz > 0x7F:
+            hdr[i] = (sz & 0x7F) | 0x80
+            sz >>= 7
+            i += 1
+        hdr[i] = sz
+        self.sock.write(hdr, i + 1)
+        self._send_str(topic)
+        if qos:
+            self.sock.write(bytes((pid >> 8, pid & 0xFF)))
+            self.inflight[pid] = True
+        self.sock.write(msg)
         self.last_tx_ms = time.ticks_ms()
+        if qos and wait:
+            while pid in self.inflight:
+                if self.wait_msg() is None and pid in self.inflight:
+                    continue
+        return pid
 
     def ping(self):
         super().ping()

