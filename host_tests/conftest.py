@@ -143,6 +143,9 @@ class Broker:
                 "log_dest stderr", "log_type error", "log_type warning"]
         if tls:
             conf += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
+            if tls.get("require_certificate"):
+                conf.append("require_certificate true")
+            conf += ["log_type notice"]
         self.conf = tmp_path / f"mosquitto-{self.port}.conf"
         self.conf.write_text("\n".join(conf) + "\n")
         self.proc = None

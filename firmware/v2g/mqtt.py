@@ -119,7 +119,7 @@ def open_stream(host, port, timeout_s, tls=None):
 
 
 def _tls_reason(e):
-    text = str(e)
+    text = " ".join(str(e).split())
     if "CERT" in text.upper() or "VERIFY" in text.upper():
         return "certificate not trusted or wrong host name (" + text + ")"
     return text

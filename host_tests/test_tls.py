@@ -1,0 +1,95 @@
+"""TLS to Mosquitto with a CA made by the test (openssl): the right CA
+connects; a wrong CA or a wrong host name is refused with an event, never a
+fallback to plain TCP; client certificates when the broker requires them."""
+import json
+import subprocess
+
+import pytest
+
+from conftest import site_config
+from tools.cloud_client import Cloud
+
+DEV = "home-charger-01"
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other_ca"):
+        openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
+                "-subj", f"/CN={ca}", cwd=d)
+        openssl("x509", "-in", f"{ca}.pem", "-outform", "DER", "-out", f"{ca}.der", cwd=d)
+    (d / "san.cnf").write_text("subjectAltName=DNS:localhost\n")
+    openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=d)
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "san.cnf", cwd=d)
+    openssl("req", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", f"/CN={DEV}", cwd=d)
+    openssl("x509", "-req", "-in", "client.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "client.pem", "-days", "2", cwd=d)
+    openssl("x509", "-in", "client.pem", "-outform", "DER", "-out", "client.der", cwd=d)
+    openssl("ec", "-in", "client.key", "-outform", "DER", "-out", "client.key.der", cwd=d)
+    return d
+
+
+def start(tmp_path, broker, live_inverter, firmware, pki, host="localhost", ca="ca.der", client_cert=False,
+          require_cert=False):
+    tls = {"ca": str(pki / "ca.pem"), "cert": str(pki / "server.pem"), "key": str(pki / "server.key")}
+    if require_cert:
+        tls["require_certificate"] = True
+    b = broker(tls=tls)
+    inv = live_inverter()
+    mtls = {"ca": str(pki / ca)}
+    if client_cert:
+        mtls.update(cert=str(pki / "client.der"), key=str(pki / "client.key.der"))
+    cfg_path, cfg = site_config(tmp_path, inv.port, b.port, mqtt__host=host, mqtt__tls=mtls)
+    fw = firmware(cfg_path)
+    return b, fw
+
+
+def test_right_ca_connects_and_publishes(tmp_path, broker, live_inverter, firmware, pki):
+    b, fw = start(tmp_path, broker, live_inverter, firmware, pki)
+    ev = fw.wait_event("cloud_connected", timeout=15)
+    assert ev and ev["tls"] is True
+    cloud = Cloud("localhost", b.port, DEV, tls_ca_pem=str(pki / "ca.pem"))
+    try:
+        assert cloud.wait(lambda c: c.json("state") and c.json("telemetry"), timeout=15)
+        assert b"online" in cloud.topic("status")
+    finally:
+        cloud.close()
+
+
+@pytest.mark.parametrize("what,kwargs,words", [
+    ("wrong CA", {"ca": "other_ca.der"}, "certificate"),
+    ("wrong host name", {"host": "127.0.0.1"}, "CN"),
+])
+def test_refused_with_an_event_and_no_plain_fallback(tmp_path, broker, live_inverter, firmware, pki, what, kwargs,
+                                                     words):
+    b, fw = start(tmp_path, broker, live_inverter, firmware, pki, **kwargs)
+    ev = fw.wait_event("tls_error", timeout=15)
+    assert ev, fw.output()[-2000:]
+    assert words in ev["error"]
+    fw.wait_event("never", timeout=2)
+    assert not fw.events("cloud_connected")
+    assert len(fw.events("tls_error")) >= 1
+    # the broker only ever saw TLS handshakes: a plain MQTT CONNECT on a TLS
+    # port would be logged as a protocol error, a completed one as a client
+    log = (tmp_path / f"mosquitto-{b.port}.log").read_bytes().decode(errors="replace")
+    assert "New client connected" not in log
+    # control goes on regardless
+    assert fw.events("mode")
+
+
+def test_client_certificate(tmp_path, broker, live_inverter, firmware, pki):
+    b, fw = start(tmp_path, broker, live_inverter, firmware, pki, client_cert=True, require_cert=True)
+    assert fw.wait_event("cloud_connected", timeout=15)
+
+
+def test_missing_client_certificate_is_refused(tmp_path, broker, live_inverter, firmware, pki):
+    b, fw = start(tmp_path, broker, live_inverter, firmware, pki, require_cert=True)
+    assert fw.wait_event("tls_error", timeout=15) or fw.wait_event("cloud_connect_failed", timeout=5)
+    assert not fw.events("cloud_connected")
