@@ -7,7 +7,7 @@ SETUP := build/.setup-ok
 # The unix port's whole module search path; keep .frozen (asyncio, ssl).
 export MICROPYPATH := firmware:build/lib:.frozen
 
-.PHONY: setup sim test run deploy bench clean
+.PHONY: setup sim test run deploy bench check-boards clean
 
 $(SETUP): tools/requirements.txt tools/setup_env.sh tools/fetch_mpy_lib.sh
 	tools/setup_env.sh
@@ -32,7 +32,12 @@ bench: $(SETUP)
 # verify every file by hash, reset. See README "For installers".
 deploy: $(SETUP)
 	@test -n "$(BOARD)" -a -n "$(PORT)" -a -n "$(CONFIG)" || { echo "usage: make deploy BOARD=name PORT=/dev/ttyUSB0 CONFIG=site.json" >&2; exit 2; }
-	$(PY) -m tools.deploy --board "$(BOARD)" --port "$(PORT)" --config "$(CONFIG)"
+	$(PY) -m tools.deploy --board "$(BOARD)" --port "$(PORT)" --config "$(CONFIG)" $(DEPLOYARGS)
+
+# Board configs against their chips, and the HAL type-checked against the
+# ports' stubs (also part of make test).
+check-boards: $(SETUP)
+	$(PY) -m tools.check_boards --types
 
 clean:
 	rm -rf build

@@ -12,19 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
-MICROPYTHON = str(ROOT / "build" / "venv" / "bin" / "micropython")
-MICROPYPATH = f"{FIRMWARE}:{ROOT / 'build' / 'lib'}:.frozen"
 REFERENCE = ROOT.parent / "shared" / "reference"
 sys.path.insert(0, str(ROOT))
 
-
-def mp_env(extra=None):
-    env = dict(os.environ)
-    env["MICROPYPATH"] = MICROPYPATH
-    if extra:
-        env.update(extra)  # may replace MICROPYPATH
-    return env
+from tools.harness import (  # noqa: E402,F401 - shared with the benchmarks
+    FIRMWARE, MICROPYPATH, MICROPYTHON, Broker, Firmware, LiveInverter, mp_env, site_config)
 
 
 class MpResult:
@@ -60,54 +52,6 @@ def mpy():
     return run_mpy
 
 
-class LiveInverter:
-    """tools.sim.SimInverter served from a background thread of the test
-    process, so a test can reach into it (faults, garbage, stop/start)."""
-
-    def __init__(self, port=0, warp=1.0, sim_epoch=None, **kwargs):
-        import asyncio
-        import threading
-
-        from tools.sim.clock import WarpClock
-
-        self.kwargs = kwargs
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        # the firmware gets the same clock through V2G_CLOCK=self.clock.to_env()
-        self.clock = WarpClock(warp, sim_epoch=sim_epoch)
-        self.inv = None
-        self.port = self.start(port)
-
-    def call(self, coro_or_fn, *args):
-        import asyncio
-
-        if asyncio.iscoroutinefunction(coro_or_fn):
-            return asyncio.run_coroutine_threadsafe(coro_or_fn(*args), self.loop).result(10)
-        fut = asyncio.run_coroutine_threadsafe(self._sync(coro_or_fn, *args), self.loop)
-        return fut.result(10)
-
-    @staticmethod
-    async def _sync(fn, *args):
-        return fn(*args)
-
-    def start(self, port=0):
-        from tools.sim.inverter import SimInverter
-
-        self.inv = SimInverter(self.clock, **self.kwargs)
-        return self.call(self.inv.start, "127.0.0.1", port)
-
-    def stop(self):
-        if self.inv is not None:
-            self.call(self.inv.stop)
-            self.inv = None
-
-    def close(self):
-        self.stop()
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
 @pytest.fixture
 def live_inverter():
     made = []
@@ -122,57 +66,6 @@ def live_inverter():
         li.close()
 
 
-class Broker:
-    """A real Mosquitto on a free loopback port (optionally TLS)."""
-
-    def __init__(self, tmp_path, tls=None, persistence=False):
-        import shutil
-        import socket as so
-
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not os.path.exists(exe):
-            raise RuntimeError("mosquitto is not installed (.ci/run installs it with apt-get)")
-        self.exe = exe
-        s = so.socket()
-        s.bind(("127.0.0.1", 0))
-        self.port = s.getsockname()[1]
-        s.close()
-        self.dir = tmp_path
-        persist = ["persistence true", f"persistence_location {tmp_path}/"] if persistence else ["persistence false"]
-        conf = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", *persist, "user root",
-                "log_dest stderr", "log_type error", "log_type warning"]
-        if tls:
-            conf += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
-            if tls.get("require_certificate"):
-                conf.append("require_certificate true")
-            conf += ["log_type notice"]
-        self.conf = tmp_path / f"mosquitto-{self.port}.conf"
-        self.conf.write_text("\n".join(conf) + "\n")
-        self.proc = None
-        self.start()
-
-    def start(self):
-        import socket as so
-
-        self.log = open(self.dir / f"mosquitto-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
-        for _ in range(100):
-            try:
-                so.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
-            except OSError:
-                import time
-
-                time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
-
-
 @pytest.fixture
 def broker(tmp_path):
     made = []
@@ -185,103 +78,6 @@ def broker(tmp_path):
     yield make
     for b in made:
         b.stop()
-
-
-class Firmware:
-    """The firmware (firmware/main.py) on the unix port as its own process;
-    its JSON event lines are collected."""
-
-    def __init__(self, config_path, env=None, heap=None, compiled=False):
-        """compiled: run the .mpy build (tools/build_mpy.py), as a board
-        runs it; needed for small heaps (compiling source costs RAM)."""
-        import threading
-
-        self.lines = []
-        self.cond = threading.Condition()
-        heap_args = ["-X", f"heapsize={heap}"] if heap else []
-        env = dict(env or {})
-        main = FIRMWARE / "main.py"
-        if compiled:
-            from tools.build_mpy import build
-
-            out = ROOT / "build" / "mpy" / "x64"
-            build("x64", out)
-            env["MICROPYPATH"] = f"{out}:{out / 'lib'}:.frozen"
-            main = out / "main.py"
-        self.proc = subprocess.Popen(
-            [MICROPYTHON, *heap_args, str(main), str(config_path), "--boards", str(ROOT / "board_configs")],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mp_env(env), cwd=ROOT)
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-
-    def events(self, kind=None):
-        out = []
-        with self.cond:
-            lines = list(self.lines)
-        for line in lines:
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            if kind is None or e.get("ev") == kind:
-                out.append(e)
-        return out
-
-    def wait_event(self, kind, pred=lambda e: True, timeout=15.0):
-        import time
-
-        end = time.time() + timeout
-        with self.cond:
-            while True:
-                for e in self.events(kind):
-                    if pred(e):
-                        return e
-                left = end - time.time()
-                if left <= 0 or self.proc.poll() is not None:
-                    return None
-                self.cond.wait(min(left, 0.5))
-
-    def stop(self, sig=None):
-        import signal as sg
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig or sg.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.reader.join(5)
-        return self.proc.returncode
-
-    def output(self):
-        with self.cond:
-            return "".join(self.lines)
-
-
-def site_config(tmp_path, inverter_port, broker_port, **overrides):
-    """examples/site.json pointed at the test's inverter and broker, with
-    a scratch store; overrides use "section__key" names."""
-    cfg = json.loads((ROOT / "examples" / "site.json").read_text())
-    cfg["inverter"]["link"] = f"tcp:127.0.0.1:{inverter_port}"
-    cfg["mqtt"]["host"] = "127.0.0.1"
-    cfg["mqtt"]["port"] = broker_port
-    cfg["store"] = {"dir": str(tmp_path / "store")}
-    for path, value in overrides.items():
-        d = cfg
-        keys = path.split("__")
-        for k in keys[:-1]:
-            d = d.setdefault(k, {})
-        d[keys[-1]] = value
-    p = tmp_path / "site.json"
-    p.write_text(json.dumps(cfg))
-    return p, cfg
 
 
 @pytest.fixture

@@ -6,26 +6,16 @@ import time
 
 import pytest
 
-from conftest import ROOT, MICROPYTHON, mp_env
+from conftest import ROOT, MICROPYTHON, mp_env, site_config
 
-SITE = json.loads((ROOT / "examples" / "site.json").read_text())
 # 2026-06-15 02:00 local (UTC+8): the valley, charging for the 07:30 departure
 SIM_START_MS = (1781452800 + 2 * 3600) * 1000
 
 
 class Harness:
     def __init__(self, tmp_path, port, **overrides):
-        cfg = json.loads(json.dumps(SITE))
-        cfg["inverter"]["link"] = f"tcp:127.0.0.1:{port}"
-        cfg["inverter"]["timeout_ms"] = 50
-        for path, value in overrides.items():
-            d = cfg
-            keys = path.split("__")
-            for k in keys[:-1]:
-                d = d.setdefault(k, {})
-            d[keys[-1]] = value
-        p = tmp_path / "site.json"
-        p.write_text(json.dumps(cfg))
+        # the harness builds only the controller: the broker port is unused
+        p, _ = site_config(tmp_path, port, 1883, inverter__timeout_ms=50, **overrides)
         env = mp_env({"V2G_CLOCK": f"1,{int(time.time() * 1000)},{SIM_START_MS}"})
         self.proc = subprocess.Popen(
             [MICROPYTHON, str(ROOT / "host_tests" / "mp" / "control_harness.py"), str(p), str(ROOT / "board_configs")],

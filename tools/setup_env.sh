@@ -15,4 +15,6 @@ mkdir -p build/lib
 tools/fetch_mpy_lib.sh micropython-umqtt.simple==1.3.4 umqtt build/lib
 # umqtt.simple 1.3.4 imports `ussl` for TLS; the unix port only has `ssl`.
 printf 'from ssl import *  # umqtt.simple 1.3.4 imports ussl\n' > build/lib/ussl.py
+# Type stubs of the boards' MicroPython ports, for the HAL type check.
+"$VENV/bin/python" -c "from tools.check_boards import ensure_stubs as e; e('esp32'); e('rp2')"
 echo "setup: done"

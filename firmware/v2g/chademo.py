@@ -59,12 +59,23 @@
 # must_stop is True in every state but ready/charging/discharging: the
 # controller then commands 0 W within the same control period.
 #
+# Limits for the guard. The car speaks amps, the controller watts:
+#   charge_limit_w    = min(car's current request, max_current_a) * V
+#   discharge_limit_w = min(car's max discharge current, max_discharge_current_a) * V
+# with V the measured DC voltage (set_measured) while fresh, else the lowest
+# voltage the car declared (0x200 min discharge voltage, else 0x100 min
+# battery voltage), else its target voltage: an estimate that never
+# overstates what the car's current limits allow. Both are 0 outside the
+# charging loop. 0x108's offered current is our maximum throughout, except
+# for a car that announced dynamic control (0x110 b0): it then follows the
+# controller's request, so the car asks for what we mean to deliver.
+#
 # Timing is physical: pass now_ms from the real ticks clock (v2g.clock.Clock),
 # never a warped one, and call poll()/cycle() at least every 50 ms (the car
 # sends a frame every ~10 ms; frames go out every 100 ms).
 from micropython import const
 
-from v2g.can import Frame
+from v2g.can import STATE_BUS_OFF, Frame
 
 # -- IDs
 ID_EV_LIMITS = const(0x100)
@@ -338,6 +349,9 @@ class ChademoSession:
         self.tx_frames = 0
         self.tx_late = 0  # cycles whose frames had not all gone out by the next one
         self.sessions = 0
+        self.recoveries = 0  # bus.recover() calls
+        self._recover_tries = 0
+        self._recover_wait = 0  # health checks to skip before the next recover()
         self._health_ms = None
         self._meas_ms = None
         self.measured_voltage_v = 0
@@ -380,8 +394,11 @@ class ChademoSession:
 
     def stop(self):
         """Charger-side stop (departure reached, owner, controller fault):
-        current to zero and let the car open its contactors."""
-        self._stop_cmd = True
+        current to zero and let the car open its contactors. Without a car
+        (idle) there is nothing to stop, and the next car is not refused;
+        after a stop only a new plug-in or reset() starts power again."""
+        if self.state != IDLE:
+            self._stop_cmd = True
 
     def set_measured(self, voltage_v, current_a, now_ms):
         """The power stage's DC measurements (current + into the car). Sent
@@ -600,15 +617,27 @@ class ChademoSession:
 
     def _health(self, now_ms):
         # Once a second: is the bus usable? Bus off (or an SLCAN link lost)
-        # ends a session; recovery is attempted at the same pace.
+        # ends a session at once. Recovery is tried after 1 s, then 2, 4, up
+        # to 8 s apart: reopening a TCP link to a dead gateway can cost its
+        # connect timeout, which a control loop should not pay every second.
         if self._health_ms is not None and self._age(now_ms, self._health_ms) < _HEALTH_MS:
             return
         self._health_ms = now_ms
-        if self.bus.state() == "bus_off":
-            st = self.state
-            if st != IDLE and st != STOPPED and st != FAULT:
-                self._fail("can_bus_off", now_ms)
-            self.bus.recover()
+        if self.bus.state() != STATE_BUS_OFF:
+            self._recover_tries = 0
+            self._recover_wait = 0
+            return
+        st = self.state
+        if st != IDLE and st != STOPPED and st != FAULT:
+            self._fail("can_bus_off", now_ms)
+        if self._recover_wait > 0:
+            self._recover_wait -= 1
+            return
+        self.bus.recover()
+        self.recoveries += 1
+        # checks to skip before the next try: 0, 1, 3, 7, 7, ... = 1, 2, 4, 8 s apart
+        self._recover_wait = (1 << min(self._recover_tries, 3)) - 1
+        self._recover_tries += 1
 
     def cycle(self, now_ms, ev_w_request):
         """Send the charger's frames when the 100 ms cycle is due.

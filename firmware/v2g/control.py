@@ -22,6 +22,17 @@ _SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan
 _JITTER_RING = const(1024)  # last tick start delays kept for p50/p99/max
 
 
+def where(e):
+    """The innermost frames of a traceback, for the event log."""
+    import io
+    import sys
+
+    buf = io.StringIO()
+    sys.print_exception(e, buf)
+    lines = [ln.strip() for ln in buf.getvalue().split("\n") if ln.strip().startswith("File")]
+    return " <- ".join(reversed(lines[-3:]))
+
+
 class Mailbox:
     """A bounded list shared between the control thread and the cloud
     thread. When full the oldest item goes and `dropped` counts it."""
@@ -83,7 +94,7 @@ class Controller:
         self.internal_errors = 0
         # between threads: commands in; telemetry samples and events out
         self.inbox = Mailbox(16)
-        self.telemetry = Mailbox(256)
+        self.telemetry = Mailbox(64)  # (ts, soc_pct, ev_w, grid_hz, wh_in, wh_out)
         self.events = Mailbox(64)
         self.mode_seq = 0  # bumps on every mode change (the cloud republishes state)
         self.user_mode = "auto"
@@ -244,10 +255,11 @@ class Controller:
         return sp
 
     def _sample(self, now_s):
+        # a tuple, the smallest record; the cloud thread makes it a dict
         g, m = self.guard, self.meas
-        return {"ts": now_s, "soc_pct": None if g.soc_cpct is None else g.soc_cpct / 100, "ev_w": g.ev_w,
-                "grid_hz": None if g.hz_mhz is None else g.hz_mhz / 1000,
-                "wh_in": getattr(m, "wh_in", None), "wh_out": getattr(m, "wh_out", None)}
+        return (now_s, None if g.soc_cpct is None else g.soc_cpct / 100, g.ev_w,
+                None if g.hz_mhz is None else g.hz_mhz / 1000,
+                getattr(m, "wh_in", None), getattr(m, "wh_out", None))
 
     def _event(self, kind, fields):
         log.event(kind, fields)
@@ -317,24 +329,21 @@ class Controller:
         self.k[K.STOP] = 1
         K.tick(self.k)
         self.stop_output()
-        self._event("internal_error", {"error": type(e).__name__ + ": " + str(e)})
+        self._event("internal_error", {"error": type(e).__name__ + ": " + str(e), "where": where(e)})
 
     # --- loop
 
     def run(self, stop_after_ticks=None):
         """The fixed-period loop; returns after stop_after_ticks or when
-        `running` is cleared (by another thread)."""
-        clock = self.clock
-        period = self.period_ms
-        next_ms = clock.ticks_ms()
-        # tick start delays are measured in real microseconds (physics, not
-        # simulated time)
-        real_next_us = time.ticks_us()
-        real_period_us = int(period * 1000 / clock.warp)
+        `running` is cleared (by another thread). Scheduled in real
+        microseconds (a warped clock runs `warp` times faster, so the real
+        period is period / warp); a tick's start delay is recorded."""
+        period_us = int(self.period_ms * 1000 / self.clock.warp)
+        next_us = time.ticks_us()
         n = 0
         self.running = True
         while self.running and (stop_after_ticks is None or n < stop_after_ticks):
-            late_us = time.ticks_diff(time.ticks_us(), real_next_us)
+            late_us = time.ticks_diff(time.ticks_us(), next_us)
             self.jitter_us[self.jitter_n % _JITTER_RING] = late_us
             self.jitter_n += 1
             try:
@@ -344,22 +353,32 @@ class Controller:
             except Exception as e:  # noqa: BLE001 - the loop must outlive a bug
                 self._internal_error(e)
             n += 1
-            next_ms = clock.ticks_add(next_ms, period)
-            real_next_us = time.ticks_add(real_next_us, real_period_us)
-            late = clock.ticks_diff(clock.ticks_ms(), next_ms)
-            if late > 0:
+            next_us = time.ticks_add(next_us, period_us)
+            wait_us = time.ticks_diff(next_us, time.ticks_us())
+            if wait_us < 0:
                 # Overrun: start the next tick now, never a burst of catch-up
                 # ticks (they would act on the same stale measurements).
                 self.overruns += 1
-                next_ms = clock.ticks_ms()
-                real_next_us = time.ticks_us()
-            else:
-                clock.sleep_ms(-late)
+                next_us = time.ticks_us()
+            elif wait_us > 0:
+                time.sleep_us(wait_us)
 
     def tick_stats(self):
-        """Tick start delay in ms over the last ticks: (p50, p99, max, count)."""
+        """Tick start delay in ms over the last ticks: (p50, p99, max, count).
+        Sorts the ring in place (it is a multiset of recent delays, its order
+        means nothing): no allocation, so it works in a full heap too."""
         n = min(self.jitter_n, _JITTER_RING)
         if n == 0:
             return None
-        v = sorted(self.jitter_us[:n])
-        return (v[n // 2] / 1000, v[min(n - 1, n * 99 // 100)] / 1000, v[-1] / 1000, n)
+        v = self.jitter_us
+        gap = n // 2
+        while gap:  # shell sort
+            for i in range(gap, n):
+                x = v[i]
+                j = i
+                while j >= gap and v[j - gap] > x:
+                    v[j] = v[j - gap]
+                    j -= gap
+                v[j] = x
+            gap //= 2
+        return (v[n // 2] / 1000, v[min(n - 1, n * 99 // 100)] / 1000, v[n - 1] / 1000, n)

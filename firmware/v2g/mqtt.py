@@ -207,20 +207,30 @@ class Client(_umqtt.MQTTClient):
             self.pid = self.pid % 65535 + 1
             pid = self.pid
             sz += 2
-        hdr = bytearray(5)
-        hdr[0] = 0x30 | qos << 1 | (1 if retain else 0)
+        # One write per packet: several small writes meet Nagle's algorithm
+        # and delayed ACKs (40 ms each on Linux), and cost a TLS record each.
+        pkt = bytearray(5 + sz)
+        pkt[0] = 0x30 | qos << 1 | (1 if retain else 0)
         i = 1
-        while sz > 0x7F:
-            hdr[i] = (sz & 0x7F) | 0x80
-            sz >>= 7
+        n = sz
+        while n > 0x7F:
+            pkt[i] = (n & 0x7F) | 0x80
+            n >>= 7
             i += 1
-        hdr[i] = sz
-        self.sock.write(hdr, i + 1)
-        self._send_str(topic)
+        pkt[i] = n
+        i += 1
+        pkt[i] = len(topic) >> 8
+        pkt[i + 1] = len(topic) & 0xFF
+        i += 2
+        pkt[i : i + len(topic)] = topic
+        i += len(topic)
         if qos:
-            self.sock.write(bytes((pid >> 8, pid & 0xFF)))
+            pkt[i] = pid >> 8
+            pkt[i + 1] = pid & 0xFF
+            i += 2
             self.inflight[pid] = True
-        self.sock.write(msg)
+        pkt[i : i + len(msg)] = msg
+        self.sock.write(pkt, i + len(msg))
         self.last_tx_ms = time.ticks_ms()
         if qos and wait:
             while pid in self.inflight:

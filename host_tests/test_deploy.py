@@ -1,0 +1,324 @@
+"""`make deploy` end to end against the unix port presented as a board by
+tools/pty_bridge.py: mpremote over a pty, files landing in a scratch root
+that then runs the deployed firmware against the simulated inverter."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import MICROPYTHON, ROOT
+
+MPREMOTE = str(ROOT / "build" / "venv" / "bin" / "mpremote")
+DEPLOY_S = 60  # generous bound for one deploy; one takes a few seconds
+
+
+def _start(cmd, ready_prefix, **kw):
+    """Start a helper that prints `READY ...` first -> (proc, rest of that line)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=ROOT, **kw)
+    line = proc.stdout.readline()
+    if not line.startswith(ready_prefix):
+        proc.kill()
+        raise RuntimeError(f"{cmd[2]} did not start: {line!r}{proc.stdout.read()[:500]}")
+    return proc, line[len(ready_prefix):].strip()
+
+
+def _stop(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """The simulated board: (serial port, its filesystem root)."""
+    root = tmp_path_factory.mktemp("board") / "fs"
+    link = root.parent / "port"
+    proc, port = _start([sys.executable, "-m", "tools.pty_bridge", "--root", str(root), "--no-main",
+                         "--link-file", str(link)], "READY port=")
+    assert link.read_text().strip() == port
+    yield port, root
+    _stop(proc)
+    assert not link.exists()  # removed on a clean stop
+
+
+@pytest.fixture(scope="module")
+def inverter():
+    proc, port = _start([sys.executable, "-m", "tools.sim.inverter_main", "--port", "0"], "READY port=")
+    yield int(port)
+    _stop(proc)
+
+
+def _closed_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, inverter):
+    """A valid unix_sim site config; MQTT points at a closed port (the
+    broker is not what this test is about)."""
+    d = tmp_path_factory.mktemp("site")
+
+    def write(name="site.json", **changes):
+        cfg = json.loads((ROOT / "examples" / "site.json").read_text())
+        cfg["inverter"]["link"] = f"tcp:127.0.0.1:{inverter}"
+        cfg["mqtt"]["port"] = _closed_port()
+        for path, value in changes.items():
+            section, _, key = path.rpartition("__")
+            (cfg[section] if section else cfg)[key] = value
+        p = d / name
+        p.write_text(json.dumps(cfg, indent=2))
+        return p, cfg
+
+    return write
+
+
+def deploy(port, config, *extra, board_name="unix_sim"):
+    t0 = time.monotonic()
+    res = subprocess.run([sys.executable, "-m", "tools.deploy", "--board", board_name, "--port", port,
+                          "--config", str(config), *extra],
+                         capture_output=True, text=True, cwd=ROOT, timeout=DEPLOY_S, stdin=subprocess.DEVNULL)
+    res.elapsed = time.monotonic() - t0
+    return res
+
+
+def failure_line(res):
+    """A failure is exactly one line on stderr and never a traceback."""
+    assert "Traceback" not in res.stdout + res.stderr, res.stdout + res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def deployed(board, site):
+    port, root = board
+    config, cfg = site()
+    res = deploy(port, config)
+    return res, port, root, config, cfg
+
+
+def test_deploy_to_the_unix_board(deployed):
+    res, port, root, config, cfg = deployed
+    assert res.returncode == 0, res.stdout + res.stderr
+    print(f"first deploy through the pty: {res.elapsed:.1f} s")
+    for n in range(1, 8):
+        assert f"[{n}/7]" in res.stdout
+    assert "deploy: OK" in res.stdout
+    # compiled modules only, boot.py/main.py as source, config and board config, umqtt in lib/
+    mpys = sorted(p.relative_to(root).as_posix() for p in (root / "v2g").rglob("*.mpy"))
+    assert "v2g/kernel.mpy" in mpys and "v2g/app.mpy" in mpys
+    assert not list((root / "v2g").rglob("*.py"))
+    assert (root / "boot.py").read_bytes() == (ROOT / "firmware" / "boot.py").read_bytes()
+    assert (root / "main.py").read_bytes() == (ROOT / "firmware" / "main.py").read_bytes()
+    assert json.loads((root / "config.json").read_text()) == cfg
+    assert (root / "board_configs" / "unix_sim.json").read_bytes() == (ROOT / "board_configs" / "unix_sim.json").read_bytes()
+    assert (root / "lib" / "umqtt" / "simple.py").exists()
+    # the manifest names every file with its sha256
+    manifest = json.loads((ROOT / "build" / "deploy" / "unix_sim" / "manifest.json").read_text())
+    assert set(manifest["files"]) >= {"config.json", "board_configs/unix_sim.json", "main.py", *mpys}
+    # secrets never printed
+    assert cfg["command_key"] not in res.stdout + res.stderr
+
+
+def test_redeploy_writes_only_changes_and_removes_stale_py_twins(deployed, site):
+    res, port, root, config, cfg = deployed
+    twin = root / "v2g" / "plan.py"  # would be imported instead of plan.mpy
+    twin.write_text("raise ImportError('stale')\n")
+    res = deploy(port, config)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "removed stale v2g/plan.py" in res.stdout
+    assert "copied config.json" not in res.stdout  # unchanged files are not written again
+    assert " unchanged" in res.stdout
+    assert not twin.exists()
+
+
+def test_a_corrupted_file_fails_verification_by_name(deployed):
+    res, port, root, config, cfg = deployed
+    target = root / "v2g" / "kernel.mpy"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit on the "device"
+    target.write_bytes(bytes(data))
+    res = deploy(port, config, "--verify-only")
+    assert res.returncode == 1
+    line = failure_line(res)
+    assert line.startswith("deploy: FAILED at verify: ")
+    assert "differ from the build: " in line and "v2g/kernel.mpy" in line
+    # a real deploy repairs it
+    res = deploy(port, config)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "copied v2g/kernel.mpy" in res.stdout
+
+
+def test_config_for_another_board_fails_before_touching_the_board(site):
+    config, _ = site("esp32.json", board="esp32_devkitc")
+    res = deploy("/dev/does-not-exist", config)  # never opened: the check comes first
+    assert res.returncode == 2
+    assert failure_line(res) == ('deploy: FAILED at config: config error: board: the config is for '
+                                 '"esp32_devkitc", not BOARD=unix_sim')
+    assert "connecting" not in res.stdout
+
+
+def test_invalid_config_exits_2_with_the_validators_line(site):
+    config, _ = site("bad.json", battery__reserve_pct=95)
+    res = deploy("/dev/does-not-exist", config)
+    assert res.returncode == 2
+    assert failure_line(res) == ("deploy: FAILED at config: config error: battery.soc_max_pct: "
+                                 "must be >= battery.reserve_pct")
+
+
+def _boards_dir(tmp_path, **changes):
+    b = json.loads((ROOT / "board_configs" / "unix_sim.json").read_text())
+    b.update(changes)
+    (tmp_path / "unix_sim.json").write_text(json.dumps(b))
+    return ["--boards-dir", str(tmp_path)]
+
+
+def test_too_old_micropython_is_refused_before_copying(deployed, tmp_path):
+    res, port, root, config, cfg = deployed
+    res = deploy(port, config, *_boards_dir(tmp_path, min_micropython=[9, 0, 0]))
+    assert res.returncode == 1
+    line = failure_line(res)
+    assert line.startswith("deploy: FAILED at device: the board runs MicroPython 1.")
+    assert "unix_sim needs 9.0.0 or newer" in line
+    assert "[5/7]" not in res.stdout
+
+
+def test_wrong_native_arch_is_refused(deployed, tmp_path):
+    res, port, root, config, cfg = deployed
+    # a consistent board config for an RP2040 (armv6m), pointed at the x64 "board"
+    res = deploy(port, config, *_boards_dir(tmp_path, chip="rp2040", mpy_arch="armv6m"))
+    assert res.returncode == 1
+    assert failure_line(res) == ("deploy: FAILED at device: the board's native code is x64, but board "
+                                 "config unix_sim says armv6m: wrong BOARD for this device? "
+                                 "(nothing was changed; the board was reset)")
+
+
+def test_another_sites_board_needs_yes(deployed, site):
+    res, port, root, config, cfg = deployed
+    other, _ = site("other.json", device_id="other-site")
+    res = deploy(port, other)
+    assert res.returncode == 1
+    assert "configured as 'home-charger-01'; replace it with 'other-site'?" in failure_line(res)
+    assert json.loads((root / "config.json").read_text())["device_id"] == "home-charger-01"
+    res = deploy(port, other, "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert json.loads((root / "config.json").read_text())["device_id"] == "other-site"
+
+
+def test_the_bridge_speaks_mpremote(deployed):
+    """mpremote's own commands against the simulated board: exec (raw-paste),
+    sha256sum, soft-reset (a new interpreter), reset."""
+    res, port, root, config, cfg = deployed
+
+    def mpr(*args):
+        r = subprocess.run([MPREMOTE, "connect", port, *args], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    assert mpr("exec", "x = 6 * 7\nprint(x)").strip() == "42"
+    import hashlib
+
+    digest = hashlib.sha256((root / "config.json").read_bytes()).hexdigest()
+    assert digest in mpr("sha256sum", ":config.json")
+    # state survives `resume`, a soft reset starts a fresh interpreter
+    mpr("exec", "survivor = 1")
+    assert mpr("resume", "exec", "print('survivor' in globals())").strip() == "True"
+    assert mpr("soft-reset", "exec", "print('survivor' in globals())").strip() == "False"
+    mpr("reset")
+    time.sleep(1.0)  # like any board, it takes a moment to come back; mpremote does not wait
+    assert mpr("exec", "import os; print(os.getcwd())").strip() == str(root)
+
+
+def test_deployed_firmware_runs_from_the_board_root(deployed, inverter):
+    """The files on the "board" (not firmware/) start, find the inverter and
+    pick a mode; SIGINT stops them cleanly."""
+    res, port, root, config, cfg = deployed
+    env = dict(os.environ, MICROPYPATH=f"{root}:{root}/lib:.frozen")
+    proc = subprocess.Popen([MICROPYTHON, str(root / "main.py")], cwd=root, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    events, lines = {}, []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            try:
+                ev = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(ev, dict):
+                events.setdefault(ev.get("ev"), ev)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        end = time.monotonic() + 15
+        while time.monotonic() < end and not {"inverter", "mode"} <= set(events) and proc.poll() is None:
+            time.sleep(0.1)
+        assert {"inverter", "mode"} <= set(events), "".join(lines)[-2000:]
+        assert events["inverter"]["base"] == 40000
+        assert events["mode"]["mode"] in ("idle", "charge", "discharge", "hold")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+        reader.join(5)
+    assert rc == 0, "".join(lines)[-2000:]
+    # the firmware's files really came from the board root
+    assert not any("/firmware/" in l for l in lines)
+
+
+def test_a_running_board_boots_main_and_takes_a_new_deploy(deployed, tmp_path):
+    """Without --no-main the simulated board runs main.py at boot, as a real
+    one does; a deploy session interrupts the running firmware (Ctrl-C, soft
+    reset), verifies and resets it back into the firmware."""
+    import serial
+
+    res, port, root, config, cfg = deployed
+    proc, live_port = _start([sys.executable, "-m", "tools.pty_bridge", "--root", str(root)], "READY port=")
+    try:
+        with serial.Serial(live_port, timeout=0.2) as line:
+            seen, end = b"", time.monotonic() + 15
+            while time.monotonic() < end and b'"ev": "mode"' not in seen:
+                seen += line.read(4096)
+        assert b'"ev": "mode"' in seen, seen[-2000:]
+        res = deploy(live_port, config, "--yes")  # the previous test left another site's config
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "[7/7] reset    the board restarted" in res.stdout
+    finally:
+        _stop(proc)
+
+
+def test_tls_files_go_to_the_board_with_the_config(deployed, site, tmp_path):
+    """TLS files named in the config (relative to it) land under certs/ and
+    the deployed config points there; their contents are never printed."""
+    res, port, root, config, cfg = deployed
+    config, cfg = site("tls.json")
+    key_text = "-----BEGIN PRIVATE KEY----- not-a-real-key-0123456789"
+    for name, data in (("ca.der", b"\x30\x82ca"), ("client.der", b"\x30\x82cert"), ("client.key", key_text.encode())):
+        (config.parent / name).write_bytes(data)
+    cfg["mqtt"]["tls"] = {"ca": "ca.der", "cert": "client.der", "key": "client.key"}
+    config.write_text(json.dumps(cfg))
+    res = deploy(port, config, "--yes")
+    assert res.returncode == 0, res.stdout + res.stderr
+    on_board = json.loads((root / "config.json").read_text())
+    assert on_board["mqtt"]["tls"] == {"ca": "certs/ca.der", "cert": "certs/cert.der", "key": "certs/key.key"}
+    assert (root / "certs" / "key.key").read_text() == key_text
+    assert key_text not in res.stdout + res.stderr
+    assert cfg["command_key"] not in res.stdout + res.stderr
