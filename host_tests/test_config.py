@@ -82,6 +82,7 @@ BAD = [
     (set_path("limits.discharge_w", -1), "limits.discharge_w", ">= 0"),
     (set_path("limits.ramp_w_per_s", 0), "limits.ramp_w_per_s", ">= 1"),
     (set_path("limits.charge_kw", 7), "limits.charge_kw", "unknown key"),
+    (set_path("limits.min_w", 8000), "limits.min_w", "<= limits.charge_w"),
     (set_path("battery.reserve", 30), "battery.reserve", "unknown key"),
     (set_path("extra", 1), "extra", "unknown key"),
     (set_path("tariff.periods", []), "tariff.periods", "non-empty"),

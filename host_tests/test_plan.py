@@ -133,3 +133,18 @@ def test_request_follows_time_and_wrapping_periods():
     starts = [((t0 // 60) % 1440) for t0, *_ in segs]
     assert starts == [20 * 60, 22 * 60, 2 * 60]
     assert segs[1][4] > 0 and segs[0][4] == 0 and segs[2][4] == 0
+
+
+def test_small_powers_respect_min_w():
+    # 0.5 % short of the target over 7 valley hours would be ~40 W: it runs
+    # at min_w instead and finishes sooner
+    (r,) = plans([(CFG, 79.6, T0)])
+    w, why, _ = r["req"]
+    assert why == "departure_charge" and w == 500
+    # an export of a few hundred Wh spread over 3 h would be ~100 W: skipped
+    cfg = copy.deepcopy(CFG)
+    cfg["departure"]["soc_pct"] = 40
+    cfg["battery"]["reserve_pct"] = 40
+    (r,) = plans([(cfg, 40.6, T0 + 18 * 3600)])
+    assert any(d > 0 for *_, d, _ in r["segs"])
+    assert r["req"][:2] == [0, "plan_idle"]

@@ -6,6 +6,14 @@ same run, written to build/bench/results.json (one flat object of numbers).
     refresh_transactions               Modbus transactions per telemetry refresh
     refresh_bytes_vs_minimum           bytes on the wire per refresh / minimum
     modbus_cpu_ratio_vs_umodbus        this master vs micropython-modbus (CPU)
+    can_frames_per_s_decoded, can_alloc_bytes_per_frame   SLCAN + CHAdeMO decode
+    tick_jitter_{p50,p99,max}_ms_{broker_up,broker_down,broker_hanging,tls_connect}
+    outbox_drain_records_per_s         telemetry delivered per second after an outage
+    min_heap_kb_plain, min_heap_kb_tls smallest -X heapsize that runs a simulated day
+
+    make bench               all of them (several minutes: the heap search runs
+                             a simulated day per probe)
+    python -m tools.bench kernel refresh    only those
 """
 import json
 import os
@@ -138,7 +146,31 @@ def bench_modbus(results):
     bench_modbus.run(results)
 
 
-BENCHES = [bench_kernel, bench_refresh, bench_modbus]
+def bench_can(results):
+    from tools import bench_can
+
+    bench_can.run(results)
+
+
+def bench_jitter(results):
+    from tools import bench_cloud
+
+    bench_cloud.jitter(results)
+
+
+def bench_drain(results):
+    from tools import bench_cloud
+
+    bench_cloud.drain(results)
+
+
+def bench_heap(results):
+    from tools import bench_cloud
+
+    bench_cloud.heap(results, lo=96, hi=320)
+
+
+BENCHES = [bench_kernel, bench_refresh, bench_modbus, bench_can, bench_jitter, bench_drain, bench_heap]
 
 
 def main():
@@ -150,8 +182,11 @@ def main():
             results = json.loads(OUT.read_text())
         except ValueError:
             results = {}
+    only = set(sys.argv[1:])
     for bench in BENCHES:
         name = bench.__name__.replace("bench_", "")
+        if only and name not in only:
+            continue
         print(f"bench: {name} ...", flush=True)
         got = {}
         bench(got)

@@ -241,6 +241,7 @@ SCHEMA = {
         "charge_w": (_rng(_int, 1, _MAX_W), REQUIRED),
         "discharge_w": (_rng(_int, 0, _MAX_W), REQUIRED),
         "ramp_w_per_s": (_rng(_int, 1, _MAX_W), REQUIRED),
+        "min_w": (_rng(_int, 0, _MAX_W), 500),
     },
     "control": {
         "period_ms": (_rng(_int, 50, 5000), 200),
@@ -333,6 +334,8 @@ def _check_order(cfg):
         raise ConfigError("battery.soc_max_pct", "must be >= battery.reserve_pct")
     if not b["reserve_pct"] <= cfg["departure"]["soc_pct"]:
         raise ConfigError("departure.soc_pct", "must be >= battery.reserve_pct")
+    if cfg["limits"]["min_w"] > cfg["limits"]["charge_w"]:
+        raise ConfigError("limits.min_w", "must be <= limits.charge_w")
     v = cfg["vehicle"]
     if v["driver"] != "none" and v["link"] is None:
         raise ConfigError("vehicle.link", "required when vehicle.driver is not \"none\"")

@@ -71,6 +71,7 @@ class Plan:
         self.soc_max_pct = b["soc_max_pct"]
         self.charge_w = cfg["limits"]["charge_w"]
         self.discharge_w = cfg["limits"]["discharge_w"]
+        self.min_w = cfg["limits"]["min_w"]
         dep = cfg["departure"]
         self.dep_min = dep["time"]
         self.dep_pct = dep["soc_pct"]
@@ -243,6 +244,9 @@ class Plan:
                 h = max(s.t1 - s.t0, _MIN_SPREAD_S) / 3600
                 if s.c_wh > 0:
                     w = min(self.charge_w, int(s.c_wh / self.eta_c / h + 0.5))
+                    # below min_w a power stage runs inefficiently: charge
+                    # at min_w and finish sooner instead
+                    w = max(w, self.min_w)
                     if s.why == "below_reserve":
                         w = self.charge_w  # the owner's reserve first, at full power
                     ceiling = None
@@ -251,6 +255,7 @@ class Plan:
                     return w, s.why, ceiling
                 if s.d_wh > 0:
                     w = min(self.discharge_w, int(s.d_wh * self.eta_d / h + 0.5))
-                    return -w, s.why, None
+                    # an export too small to run the stage efficiently is skipped
+                    return (-w, s.why, None) if w >= self.min_w else (0, "plan_idle", None)
                 return 0, "plan_idle", None
         return 0, "plan_idle", None

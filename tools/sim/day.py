@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from .clock import WarpClock
+from .cloud_side import DEFAULT_DISPATCHES, CloudSide, start_broker
 from .grid import Grid
 from . import report as reportmod
 
@@ -39,6 +40,7 @@ def parse_args(argv=None):
     p.add_argument("--freq-events", default="default",
                    help='"default", "none", or JSON [{"at": "HH:MM", "dur_s": s, "hz": v}, ...]')
     p.add_argument("--quiet", action="store_true", help="no hourly progress lines")
+    p.add_argument("--no-dispatch", action="store_true", help="the cloud side sends no dispatch")
     return p.parse_args(argv)
 
 
@@ -153,8 +155,10 @@ def run(args):
         state_path.unlink()
     inverter = Inverter(clock.to_env(), args.soc, site["battery"]["capacity_wh"], nominal, events,
                         state_path, out / "inverter.log")
+    broker_port, stop_broker, broker_name = start_broker(out)
     cfg = copy.deepcopy(site)
     cfg["inverter"]["link"] = f"tcp:127.0.0.1:{inverter.port}"
+    cfg["mqtt"].update(host="127.0.0.1", port=broker_port, tls=False)
     cfg.setdefault("store", {})["dir"] = str(out / "data")
     # The inverter's reversion timer runs in simulated time; at x1000 a 10 s
     # timer is 10 ms of wall time, less than a scheduling hiccup. Stretch it
@@ -165,7 +169,10 @@ def run(args):
     cfg_path.write_text(json.dumps(cfg, indent=2))
     grid = Grid(site["tariff"]["periods"], nominal_hz=nominal, utc_offset_min=offset)
     print(f"sim: {args.hours:g} h of {site['device_id']} from {args.date} 00:00 local, "
-          f"warp x{warp:.0f} (~{args.wall_s:.0f} s), inverter on port {inverter.port}", flush=True)
+          f"warp x{warp:.0f} (~{args.wall_s:.0f} s), inverter on port {inverter.port}, "
+          f"{broker_name} on port {broker_port}", flush=True)
+    cloud = CloudSide(clock, "127.0.0.1", broker_port, site["device_id"], site["command_key"], start_s,
+                      DEFAULT_DISPATCHES if not args.no_dispatch else [])
     firmware = Firmware(cfg_path, clock.to_env(), out / "firmware.log")
     samples = []
     t_wall0 = time.time()
@@ -195,15 +202,19 @@ def run(args):
     finally:
         rc = firmware.stop()
         inverter.stop()
+        cloud.stop()
+        seen = cloud.summary()
+        stop_broker()
     final = inverter.state()
     if final and (not samples or final["sim_s"] > samples[-1]["sim_s"]):
         samples.append(dict(final, mode=None, reason=None))
     wall_s = time.time() - t_wall0
     rep = reportmod.build(site, samples, firmware.events, grid, start_s, end_s, events,
-                          warp=warp, wall_s=wall_s, firmware_rc=rc)
+                          warp=warp, wall_s=wall_s, firmware_rc=rc, cloud=seen)
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     (out / "samples.json").write_text(json.dumps(samples))
-    reportmod.plot(site, samples, grid, start_s, out / "day.png")
+    reportmod.plot(site, samples, grid, start_s, out / "day.png", seen["dispatches"])
+    print(CloudSide.text(seen))
     print(reportmod.text(rep))
     print(f"wrote {out / 'report.json'} and {out / 'day.png'}")
     return 0 if rep["ok"] else 1

@@ -20,7 +20,7 @@ def _departure_s(site, start_s, end_s):
     return t if t <= end_s else None
 
 
-def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wall_s, firmware_rc):
+def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wall_s, firmware_rc, cloud=None):
     cheapest = grid.cheapest_import()
     e_in = e_out = cheap_in = cost = revenue = 0.0
     for a, b in zip(samples, samples[1:]):
@@ -80,6 +80,11 @@ def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wal
         "wall_s": round(wall_s, 1),
         "firmware_exit_code": firmware_rc,
     }
+    if cloud is not None:
+        for k in ("dispatches_sent", "dispatches_honoured", "dispatches_limited"):
+            rep[k] = cloud[k]
+        rep["dispatches"] = [_dispatch_effect(d, samples, start_s) for d in cloud["dispatches"]]
+        rep["mqtt_seen"] = cloud["seen"]
     checks = {
         "departure_met": dep_soc is not None and dep_soc >= site["departure"]["soc_pct"],
         "reserve_kept": min_soc is not None and (min_soc >= b["reserve_pct"] or min_soc >= socs[0]),
@@ -89,6 +94,23 @@ def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wal
     rep["checks"] = checks
     rep["ok"] = all(checks.values())
     return rep
+
+
+def _dispatch_effect(d, samples, start_s):
+    """What the EV actually did while a dispatch was in force."""
+    inside = [s for s in samples if d["at_s"] + 60 <= s["sim_s"] < d["until_s"]]
+    out = dict(d)
+    out["at"] = _hhmm(d["at_s"] - start_s)
+    out["until"] = _hhmm(d["until_s"] - start_s)
+    if inside:
+        out["ev_w_mean"] = round(sum(s["ev_w"] for s in inside) / len(inside))
+        out["soc_pct_min"] = round(min(s["soc_pct"] for s in inside), 2)
+    return out
+
+
+def _hhmm(sec):
+    sec = int(sec) % 86400
+    return "%02d:%02d" % (sec // 3600, sec % 3600 // 60)
 
 
 def text(rep):
@@ -104,6 +126,13 @@ def text(rep):
         f"lowest SoC                  {rep['min_soc_pct']} % (reserve {rep['reserve_pct']} %)",
         f"faults                      {len(rep['faults'])}" + ("" if not rep["faults"] else f"  {rep['faults']}"),
     ]
+    if "dispatches_sent" in rep:
+        lines.append(f"dispatches                  {rep['dispatches_sent']} sent, {rep['dispatches_honoured']} honoured, "
+                     f"{rep['dispatches_limited']} limited")
+        for d in rep["dispatches"]:
+            if "ev_w_mean" in d:
+                lines.append(f"  {d['at']}-{d['until']} asked {d['ev_w']:+d} W: EV at {d['ev_w_mean']:+d} W on average, "
+                             f"SoC min {d['soc_pct_min']} %")
     for r in rep["freq_responses"]:
         lines.append(f"grid at {r['hz']:.2f} Hz ({r['at_s'] / 3600:05.2f} h): ev_w {r['ev_w_before']:+d} W -> "
                      f"{r['ev_w_during']:+d} W")
@@ -112,7 +141,7 @@ def text(rep):
     return "\n".join(lines)
 
 
-def plot(site, samples, grid, start_s, path):
+def plot(site, samples, grid, start_s, path, dispatches=()):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,6 +161,9 @@ def plot(site, samples, grid, start_s, path):
     sp = [None if s.get("last_wset_w") is None else -s["last_wset_w"] / 1000 for s in samples]
     ax[1].plot(h, sp, lw=0.8, ls="--", label="setpoint")
     ax[1].axhline(0, color="k", lw=0.5)
+    for i, d in enumerate(dispatches):
+        ax[1].axvspan((d["at_s"] - start_s) / 3600, (d["until_s"] - start_s) / 3600, color="tab:purple", alpha=0.12,
+                      label="cloud dispatch" if i == 0 else None)
     ax[1].set_ylabel("kW into EV")
     ax[1].legend(loc="lower right", fontsize=8)
     ax[2].step(h, [grid.price(s["sim_s"])[0] for s in samples], where="post", label="import")
