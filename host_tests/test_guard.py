@@ -19,6 +19,15 @@ class FakeClock:
     def ticks_diff(self, a, b): return a - b
     def time(self): return 1767225600 + self.ms // 1000
 
+class FakeVehicle:
+    # the attributes of a v2g.chademo.ChademoSession the guard reads
+    def __init__(self, d):
+        self.fault = d.get("fault")
+        self.must_stop = d.get("must_stop", False)
+        self.state = d.get("state", "charging")
+        self.charge_limit_w = d.get("charge_limit_w", 100000)
+        self.discharge_limit_w = d.get("discharge_limit_w", 100000)
+
 cfg = config.validate(json.loads(open(sys.argv[1]).read()))
 out = []
 for scenario in json.loads(open(sys.argv[2]).read()):
@@ -36,13 +45,14 @@ for scenario in json.loads(open(sys.argv[2]).read()):
             else:
                 getattr(g, cmd)()
         fresh = st.get("fresh", True)
-        for k in ("soc_cpct", "ev_w", "hz_mhz", "inv_fault"):
+        for k in ("soc_cpct", "ev_w", "hz_mhz", "inv_fault", "inv_soc_cpct"):
             if k in st:
                 setattr(m, k, st[k])
         if fresh:
             m.soc_tick = m.ev_tick = m.hz_tick = tick
-        g.update(tick, m, st.get("link", True))
-        g.limits(st.get("ceiling"))
+        v = FakeVehicle(st["vehicle"]) if "vehicle" in st else None
+        g.update(tick, m, st.get("link", True), v)
+        g.limits(st.get("ceiling"), v)
         rows.append([STATE_NAMES[g.state], g.reason, g.fault, g.lo_w, g.hi_w, g.soc_cpct, g.hz_mhz])
     out.append(rows)
 print(json.dumps(out))
@@ -111,6 +121,22 @@ TABLE = {
         [dict(s(soc_cpct=9000), ceiling=9500, cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 7000)),
     "departure ceiling capped at departure soc": (
         [dict(s(soc_cpct=9510), ceiling=9900, cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 0)),
+    "vehicle fault -> fault": ([dict(s(), vehicle={"fault": "can_timeout", "must_stop": True, "state": "fault"})],
+                               ("fault", "vehicle_fault", "vehicle:can_timeout", 0, 0)),
+    "vehicle fault clears when the session recovers": (
+        [dict(s(), vehicle={"fault": "ev_overvoltage", "must_stop": True, "state": "fault"}), dict(s(), vehicle={})],
+        ("run", None, None, -7000, 7000)),
+    "vehicle stopped -> hold": ([dict(s(), vehicle={"must_stop": True, "state": "stopped"})],
+                                ("hold", "vehicle_stopped", None, 0, 0)),
+    "link lost beats a vehicle fault": ([dict(s(link=False), vehicle={"fault": "can_bus_off", "must_stop": True})],
+                                        ("fault", "link_lost", "link_lost", 0, 0)),
+    "vehicle limits bound the window": (
+        [dict(s(), vehicle={"charge_limit_w": 3500, "discharge_limit_w": 3000})], ("run", None, None, -3000, 3500)),
+    "vehicle and inverter SoC disagree -> hold": (
+        [dict(s(soc_cpct=5000, inv_soc_cpct=6100), vehicle={})], ("hold", "soc_mismatch", None, 0, 0)),
+    "vehicle and inverter SoC within tolerance": (
+        [dict(s(soc_cpct=5000, inv_soc_cpct=5900), vehicle={})], ("run", None, None, -7000, 7000)),
+    "no vehicle: no cross-check": ([s(soc_cpct=5000, inv_soc_cpct=9000)], ("run", None, None, -7000, 7000)),
     "no ceiling from the plan: soc_max holds": (
         [dict(s(soc_cpct=9000), cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 0)),
 }

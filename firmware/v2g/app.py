@@ -70,7 +70,20 @@ def build(cfg, board, clock):
     master = RtuMaster(stream, inv_cfg["unit"], timeout_ms=inv_cfg["timeout_ms"],
                        retries=inv_cfg["retries"], baud=baud)
     inverter = SunSpecInverter(master, inv_cfg["base_addr"], inv_cfg["revert_s"])
-    return Controller(cfg, clock, inverter)
+    return Controller(cfg, clock, inverter, build_vehicle(cfg, board))
+
+
+def build_vehicle(cfg, board):
+    """The CHAdeMO session on the configured CAN link, or None."""
+    v = cfg["vehicle"]
+    if v["driver"] != "chademo":
+        return None
+    from v2g.chademo import ChademoSession
+    from v2g.clock import Clock
+    from v2g.hal.can_build import vehicle_bus
+
+    return ChademoSession(vehicle_bus(cfg, board), Clock(), v["dc_max_voltage_v"], v["dc_max_current_a"],
+                          v["dc_max_discharge_current_a"], v["dc_min_voltage_v"])
 
 
 class App:

@@ -244,7 +244,7 @@ SCHEMA = {
         "min_w": (_rng(_int, 0, _MAX_W), 500),
     },
     "control": {
-        "period_ms": (_rng(_int, 50, 5000), 200),
+        "period_ms": (_rng(_int, 50, 5000), None),  # None: 200, or 100 with a CHAdeMO vehicle
         "stale_periods": (_rng(_int, 2, 50), 5),
     },
     "grid": {
@@ -280,6 +280,11 @@ SCHEMA = {
         "driver": (_choice("none", "chademo"), "none"),
         "link": (_vehicle_link, None),
         "soc_mismatch_pct": (_rng(_num, 1, 50), 10),
+        # the DC power stage, as announced to the car (0x108/0x208)
+        "dc_max_voltage_v": (_rng(_int, 50, 1000), 500),
+        "dc_min_voltage_v": (_rng(_int, 0, 1000), 150),
+        "dc_max_current_a": (_rng(_int, 1, 255), 15),
+        "dc_max_discharge_current_a": (_rng(_int, 0, 255), 15),
     },
     "store": {
         "dir": (_str, None),  # None: the board config's store_dir
@@ -339,6 +344,17 @@ def _check_order(cfg):
     v = cfg["vehicle"]
     if v["driver"] != "none" and v["link"] is None:
         raise ConfigError("vehicle.link", "required when vehicle.driver is not \"none\"")
+    c = cfg["control"]
+    if v["driver"] == "chademo":
+        # CHAdeMO frames go out every 100 ms, from the control loop
+        if c["period_ms"] is not None and c["period_ms"] > 100:
+            raise ConfigError("control.period_ms", "must be <= 100 with vehicle.driver \"chademo\" (100 ms CAN cycle)")
+        if c["period_ms"] is None:
+            c["period_ms"] = 100
+    elif c["period_ms"] is None:
+        c["period_ms"] = 200
+    if v["dc_min_voltage_v"] >= v["dc_max_voltage_v"]:
+        raise ConfigError("vehicle.dc_min_voltage_v", "must be < vehicle.dc_max_voltage_v")
 
 
 def check_board(cfg, board):

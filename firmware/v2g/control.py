@@ -14,12 +14,17 @@ from micropython import const
 
 from v2g import kernel as K
 from v2g import log
-from v2g.guard import FAULT, HOLD, Guard, Meas
+from v2g.clock import Clock
+from v2g.guard import FAULT, HOLD, RUN, Guard, Meas
 from v2g.modbus import ModbusError
 from v2g.plan import Plan
 
 _SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan's basis
 _JITTER_RING = const(1024)  # last tick start delays kept for p50/p99/max
+
+
+def _pct(cpct):
+    return None if cpct is None else cpct / 100
 
 
 def where(e):
@@ -58,10 +63,14 @@ class Mailbox:
 
 
 class Controller:
-    def __init__(self, cfg, clock, inverter):
+    def __init__(self, cfg, clock, inverter, vehicle=None):
         self.cfg = cfg
         self.clock = clock
         self.inv = inverter
+        # a CHAdeMO session (v2g.chademo), or None. CAN timing is physical:
+        # it runs on the real clock even when control runs simulated time.
+        self.vehicle = vehicle
+        self.real_clock = Clock()
         self.period_ms = cfg["control"]["period_ms"]
         self.meas = Meas()
         self.guard = Guard(cfg, clock)
@@ -194,6 +203,16 @@ class Controller:
             self._link_error(e)
             self.link_ok = False
 
+    def _vehicle_soc(self, v):
+        """The car's SoC is the one the guard protects (CONTRACT section 7);
+        the inverter's 713 SoC stays in inv_soc_cpct as a cross-check."""
+        m = self.meas
+        m.soc_cpct = v.soc_cpct
+        m.soc_res_cpct = v.soc_res_cpct
+        age = v.soc_age_ms
+        fresh = v.soc_cpct is not None and age is not None and age <= self.guard.stale_ticks * self.period_ms
+        m.soc_tick = self.tick_no if fresh else -1
+
     # --- plan
 
     def _request(self, now_s):
@@ -230,14 +249,27 @@ class Controller:
         for action in self.inbox.take():
             self._apply(action)
         self.link_ok = self._southbound_read()
+        v = self.vehicle
+        if v is not None:
+            real_ms = self.real_clock.ticks_ms()
+            v.poll(real_ms)
+            self._vehicle_soc(v)
         g = self.guard
         # the guard judges the measurements first, so the plan only ever
         # sees a SoC the guard trusts
-        g.update(self.tick_no, self.meas, self.link_ok)
+        was_mismatch = g.soc_mismatch
+        g.update(self.tick_no, self.meas, self.link_ok, v)
+        if g.soc_mismatch != was_mismatch:
+            self._event("soc_mismatch" if g.soc_mismatch else "soc_mismatch_cleared",
+                        {"vehicle_soc_pct": _pct(g.soc_cpct), "inverter_soc_pct": _pct(self.meas.inv_soc_cpct)})
         req_w, why, ceiling_pct = self._request(now_s)
         self.req_w = req_w
         self.req_reason = why
-        g.limits(None if ceiling_pct is None else int(ceiling_pct * 100 + 0.5))
+        g.limits(None if ceiling_pct is None else int(ceiling_pct * 100 + 0.5), v)
+        if v is not None:
+            # the car hears our intent (direction, offered current) every
+            # 100 ms; its limits already bound the window above
+            v.cycle(real_ms, req_w if g.state == RUN else 0)
         k = self.k
         k[K.REQ_W] = req_w
         k[K.LO_W] = g.lo_w
@@ -299,7 +331,7 @@ class Controller:
         g = self.guard
         m = self.meas
         soc = g.soc_cpct
-        return {
+        snap = {
             "ts": self.clock.time(),
             "mode": self.mode,
             "soc_pct": None if soc is None else soc / 100,
@@ -312,6 +344,9 @@ class Controller:
             "wh_in": getattr(m, "wh_in", None),
             "wh_out": getattr(m, "wh_out", None),
         }
+        if self.vehicle is not None:
+            snap["vehicle"] = self.vehicle.state
+        return snap
 
     def stop_output(self):
         """Best effort on a clean stop: command 0 W (the inverter's reversion

@@ -41,9 +41,14 @@ class Meas:
         self.hz_mhz = None
         self.inv_fault = None  # None or a short code, e.g. "inverter_alarm"
         self.soc_res_cpct = 1  # resolution of the SoC reading
+        self.inv_soc_cpct = None  # the inverter's own (713) SoC, cross-checked against a vehicle's
         self.soc_tick = -1  # tick number of the last fresh SoC sample
         self.ev_tick = -1
         self.hz_tick = -1
+
+
+def _self_clearing(code):
+    return code is not None and (code == "link_lost" or code.startswith("vehicle:"))
 
 
 class Guard:
@@ -66,6 +71,8 @@ class Guard:
             max(self.charge_w, self.discharge_w) * 1.5 * 10000 / 3600 / b["capacity_wh"]
         )
         self.max_ev_w = int(max(self.charge_w, self.discharge_w) * 1.5) + 500
+        self.mismatch_cpct = int(cfg["vehicle"]["soc_mismatch_pct"] * 100 + 0.5)
+        self.soc_mismatch = False
         self.paused = False
         self.latched = None  # latched inverter fault code
         self.clear_requested = False
@@ -135,10 +142,11 @@ class Guard:
         if len(log) > _FAULT_LOG_LEN:
             log.pop(0)
 
-    def update(self, tick, meas, link_ok):
+    def update(self, tick, meas, link_ok, vehicle=None):
         """Evaluate the protection rules on the latest measurements: sets
         state, reason, fault and the trusted soc_cpct / ev_w / hz_mhz.
-        Call limits() next for the power window."""
+        vehicle: a ChademoSession (its SoC is already in meas.soc_cpct, the
+        inverter's in meas.inv_soc_cpct). Call limits() next."""
         now_ms = self.clock.ticks_ms()
         soc = self._check_soc(tick, meas, now_ms)
         self.soc_cpct = soc
@@ -161,25 +169,41 @@ class Guard:
             self.latched = None
         self.clear_requested = False
 
+        # A vehicle is the authority on its battery; the inverter's SoC
+        # only cross-checks it. Beyond the configured gap one of them is
+        # wrong, and we cannot tell which: hold.
+        inv = meas.inv_soc_cpct
+        self.soc_mismatch = (vehicle is not None and soc is not None and inv is not None
+                             and abs(soc - inv) > self.mismatch_cpct)
+
         prev_fault = self.fault
         if not link_ok:
             self._set(FAULT, "link_lost", "link_lost")
         elif self.latched is not None:
             self._set(FAULT, "inverter_fault", self.latched)
+        elif vehicle is not None and vehicle.fault is not None:
+            # the session latches it until the car is gone or reset
+            self._set(FAULT, "vehicle_fault", "vehicle:" + vehicle.fault)
         elif self.paused:
             self._set(HOLD, "paused", None)
+        elif vehicle is not None and vehicle.must_stop:
+            self._set(HOLD, "vehicle_" + vehicle.state, None)
         elif soc is None:
             self._set(HOLD, "soc_unknown", None)
+        elif self.soc_mismatch:
+            self._set(HOLD, "soc_mismatch", None)
         elif ev is None:
             self._set(HOLD, "power_unknown", None)
         else:
             self._set(RUN, None, None)
         self._res_cpct = meas.soc_res_cpct
         if self.fault != prev_fault:
-            if prev_fault == "link_lost":
+            # link and vehicle faults clear by themselves: both edges are
+            # logged here (the latched inverter fault logs its own above)
+            if _self_clearing(prev_fault):
                 self._record("cleared", prev_fault)
-            if self.fault == "link_lost":
-                self._record("raised", "link_lost")
+            if _self_clearing(self.fault):
+                self._record("raised", self.fault)
         return self.state
 
     def _set(self, state, reason, fault):
@@ -191,7 +215,7 @@ class Guard:
         self.lo_w = 0
         self.hi_w = 0
 
-    def limits(self, ceiling_cpct=None):
+    def limits(self, ceiling_cpct=None, vehicle=None):
         """Set [lo_w, hi_w] for this tick: 0..0 unless RUN. ceiling_cpct is
         the plan's charge ceiling (None = soc_max); it is capped at
         max(soc_max, departure soc)."""
@@ -210,6 +234,10 @@ class Guard:
         self.at_ceiling = soc >= ceiling
         self.lo_w = -self._taper(soc - floor, self.discharge_w)
         self.hi_w = self._taper(ceiling - soc, self.charge_w)
+        if vehicle is not None:
+            # what the car allows right now (its current limits x voltage)
+            self.lo_w = max(self.lo_w, -vehicle.discharge_limit_w)
+            self.hi_w = min(self.hi_w, vehicle.charge_limit_w)
 
     def _taper(self, room_cpct, full_w):
         if room_cpct <= 0:

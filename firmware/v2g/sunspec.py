@@ -260,7 +260,7 @@ class SunSpecInverter:
             r = self._read(713, _M713_SPAN0, _M713_SPAN_N)
             soc = _decode(r, 2, "uint16")
             # SoC in 0.01 %: Pct_SF is normally -2..0
-            meas.soc_cpct = scaled(soc, sf.get((713, "Pct_SF")), 2)
+            meas.soc_cpct = meas.inv_soc_cpct = scaled(soc, sf.get((713, "Pct_SF")), 2)
             meas.soc_tick = tick
             meas.soc_res_cpct = self.soc_resolution_cpct()
             meas.wh_avail = scaled(_decode(r, 0, "uint16"), sf.get((713, "WH_SF")))

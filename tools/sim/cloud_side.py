@@ -76,14 +76,15 @@ class CloudSide:
         return "\n".join(lines)
 
 
-def start_broker(out_dir):
-    """Mosquitto when installed, else the embedded pure-Python broker.
-    -> (port, stop function, name)"""
+def start_broker(out_dir, which="auto"):
+    """Mosquitto when installed (or asked for), else the embedded pure-Python
+    broker. -> (port, stop function, name)"""
     import shutil
 
     from tools.harness import Broker
 
-    if shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto"):
+    have = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
+    if which == "mosquitto" or (which == "auto" and have):
         b = Broker(out_dir)
         return b.port, b.stop, "mosquitto"
     from tools.sim.mini_broker import run_in_thread

@@ -11,6 +11,7 @@ import calendar
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,7 +32,10 @@ DAY_S = 86400
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="make sim", description=__doc__.split("\n")[0])
-    p.add_argument("--config", default=str(ROOT / "examples" / "site.json"), help="site config to simulate")
+    p.add_argument("--config", default=None,
+                   help="site config to simulate (default examples/site.json, or site_chademo.json with --vehicle)")
+    p.add_argument("--vehicle", action="store_true",
+                   help="a CHAdeMO car in the loop: tools.sim.vehicle replays the Nissan Leaf capture over SLCAN")
     p.add_argument("--date", default="2026-06-15", help="local date the simulated day starts (00:00)")
     p.add_argument("--hours", type=float, default=24.0)
     p.add_argument("--wall-s", type=float, default=90.0, help="wall seconds the day should take")
@@ -41,6 +45,8 @@ def parse_args(argv=None):
                    help='"default", "none", or JSON [{"at": "HH:MM", "dur_s": s, "hz": v}, ...]')
     p.add_argument("--quiet", action="store_true", help="no hourly progress lines")
     p.add_argument("--no-dispatch", action="store_true", help="the cloud side sends no dispatch")
+    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
+                   help="auto: Mosquitto when installed, else the embedded pure-Python broker")
     return p.parse_args(argv)
 
 
@@ -108,6 +114,44 @@ class Firmware:
         return self.proc.returncode
 
 
+class Vehicle:
+    """tools.sim.vehicle: the Leaf capture replayed as a car over SLCAN/TCP,
+    holding its steady charging phase; its SoC byte follows the simulated
+    battery through a file."""
+
+    def __init__(self, out):
+        self.soc_file = out / "vehicle_soc.json"
+        self.record = out / "vehicle_frames.json"
+        self.log = open(out / "vehicle.log", "w")
+        self.proc = subprocess.Popen(
+            # x20: the capture's 28 s plug-in sequence would be 11 simulated
+            # hours at x1440; the CAN timing itself stays real time
+            [str(VENV_PY), "-m", "tools.sim.vehicle", "--tcp", "0", "--hold", "--speed", "20",
+             "--soc-file", str(self.soc_file),
+             "--record", str(self.record)], stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT))
+        line = self.proc.stdout.readline().strip()
+        if not line.startswith("READY slcan"):
+            raise RuntimeError("vehicle simulator did not start: " + line)
+        self.link = line.split()[1]
+
+    def set_soc(self, soc_pct):
+        tmp = self.soc_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"soc_pct": soc_pct}))
+        os.replace(tmp, self.soc_file)
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        try:
+            return json.loads(self.record.read_text())["report"]
+        except (OSError, ValueError, KeyError):
+            return None
+
+
 class Inverter:
     def __init__(self, clock_env, soc, capacity_wh, nominal_hz, events, state_path, log_path):
         self.state_path = state_path
@@ -140,6 +184,8 @@ class Inverter:
 def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.config is None:
+        args.config = str(ROOT / "examples" / ("site_chademo.json" if args.vehicle else "site.json"))
     site = json.loads(Path(args.config).read_text())
     offset = site.get("utc_offset_min", 0)
     start_s = local_start_unix(args.date, offset)
@@ -155,11 +201,21 @@ def run(args):
         state_path.unlink()
     inverter = Inverter(clock.to_env(), args.soc, site["battery"]["capacity_wh"], nominal, events,
                         state_path, out / "inverter.log")
-    broker_port, stop_broker, broker_name = start_broker(out)
+    broker_port, stop_broker, broker_name = start_broker(out, args.broker)
+    vehicle = None
+    if args.vehicle:
+        vehicle = Vehicle(out)
+        vehicle.set_soc(args.soc)
     cfg = copy.deepcopy(site)
     cfg["inverter"]["link"] = f"tcp:127.0.0.1:{inverter.port}"
+    if vehicle:
+        cfg.setdefault("vehicle", {}).update(driver="chademo", link=vehicle.link)
     cfg["mqtt"].update(host="127.0.0.1", port=broker_port, tls=False)
-    cfg.setdefault("store", {})["dir"] = str(out / "data")
+    # a fresh device every run: no command seq, settings or outbox from the last
+    data = out / "data"
+    if data.exists():
+        shutil.rmtree(data)
+    cfg.setdefault("store", {})["dir"] = str(data)
     # The inverter's reversion timer runs in simulated time; at x1000 a 10 s
     # timer is 10 ms of wall time, less than a scheduling hiccup. Stretch it
     # to at least 0.2 s of wall time so only a real silence trips it.
@@ -192,6 +248,8 @@ def run(args):
                 st["mode"] = mode.get("mode")
                 st["reason"] = mode.get("reason")
                 samples.append(st)
+                if vehicle:
+                    vehicle.set_soc(st["soc_pct"])
                 if st["sim_s"] >= next_hour and not args.quiet:
                     imp, _ = grid.price(st["sim_s"])
                     hh = int((st["sim_s"] - start_s) // 3600)
@@ -205,12 +263,17 @@ def run(args):
         cloud.stop()
         seen = cloud.summary()
         stop_broker()
+        vehicle_report = vehicle.stop() if vehicle else None
     final = inverter.state()
     if final and (not samples or final["sim_s"] > samples[-1]["sim_s"]):
         samples.append(dict(final, mode=None, reason=None))
     wall_s = time.time() - t_wall0
     rep = reportmod.build(site, samples, firmware.events, grid, start_s, end_s, events,
                           warp=warp, wall_s=wall_s, firmware_rc=rc, cloud=seen)
+    if vehicle_report is not None:
+        rep["vehicle"] = {k: vehicle_report.get(k) for k in ("sent", "received", "counts", "undecodable")
+                          if k in vehicle_report}
+        rep["vehicle"]["states"] = sorted({e.get("vehicle") for e in firmware.events if e.get("vehicle")})
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     (out / "samples.json").write_text(json.dumps(samples))
     reportmod.plot(site, samples, grid, start_s, out / "day.png", seen["dispatches"])

@@ -136,6 +136,10 @@ def text(rep):
     for r in rep["freq_responses"]:
         lines.append(f"grid at {r['hz']:.2f} Hz ({r['at_s'] / 3600:05.2f} h): ev_w {r['ev_w_before']:+d} W -> "
                      f"{r['ev_w_during']:+d} W")
+    if rep.get("vehicle"):
+        v = rep["vehicle"]
+        lines.append(f"CHAdeMO car: {v.get('sent')} car frames sent, {v.get('received')} charger frames received "
+                     f"({v.get('undecodable')} not decodable with tools/chademo.dbc); session states {v['states']}")
     lines.append("checks: " + ", ".join(f"{k} {'OK' if v else 'FAILED'}" for k, v in rep["checks"].items()))
     lines.append(f"wall time {rep['wall_s']} s at x{rep['warp']}")
     return "\n".join(lines)

@@ -286,7 +286,7 @@ class VehicleSim:
     def _soc_override(self):
         if self.soc_file:
             now = time.monotonic()
-            if now - self._soc_file_read > 1.0:
+            if now - self._soc_file_read > 0.05:
                 self._soc_file_read = now
                 try:
                     text = Path(self.soc_file).read_text().strip()
