@@ -34,7 +34,7 @@ def compile_tree(src_root, rel_dir, out_root, arch):
 def build(arch, out):
     out = Path(out)
     files = compile_tree(ROOT / "firmware", "v2g", out, arch)
-    for name in ("boot.py", "main.py"):
+    for name in ("boot.py", "main.py", "tech.py"):
         (out / name).write_bytes((ROOT / "firmware" / name).read_bytes())
     lib = ROOT / "build" / "lib"
     if (lib / "umqtt").exists():

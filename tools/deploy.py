@@ -201,7 +201,7 @@ def compile_firmware(board, out):
         if got not in ("none", arch):
             raise DeployError("compile", f"{mpy.relative_to(out)} was built for {got}, not {arch}")
         files[mpy.relative_to(out).as_posix()] = mpy
-    for name in ("boot.py", "main.py"):  # a board runs these from source
+    for name in ("boot.py", "main.py", "tech.py"):  # a board runs these from source
         shutil.copyfile(ROOT / "firmware" / name, out / name)
         files[name] = out / name
     return files

@@ -190,6 +190,8 @@ class Bridge:
     def _env(self):
         env = dict(os.environ)
         env["MICROPYPATH"] = f"{self.root}:{self.state_dir}:.frozen:{self.root}/lib"
+        # behave as a board: Ctrl-C stops the cloud link, not the control loop
+        env["V2G_REPL"] = "1"
         return env
 
     def start(self, friendly):

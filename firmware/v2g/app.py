@@ -16,6 +16,10 @@ from v2g import clock as clockmod
 
 EXIT_CONFIG = const(2)
 
+
+class _BadConfig(Exception):
+    pass
+
 current = None  # the running App, for the technician helpers
 
 
@@ -44,6 +48,10 @@ def load(path, boards_dir):
         config.check_board(cfg, board)
     except config.ConfigError as e:
         log.error("config error: " + e.path + ": " + e.rule)
+        if sys.platform in ("esp32", "rp2"):
+            # sys.exit() in main.py soft-resets a board: a reboot loop. Stay
+            # at the REPL instead; the power stage was never commanded.
+            raise _BadConfig()
         sys.exit(EXIT_CONFIG)
     # The validator (schema and rules) is the largest module and is done
     # now: unload it, its RAM is worth more to TLS.
@@ -87,7 +95,7 @@ def build_vehicle(cfg, board):
 
 
 class App:
-    def __init__(self, cfg, board, clock):
+    def __init__(self, cfg, board, clock, config_path="config.json"):
         from v2g.cloud import CloudLink
         from v2g.commands import Commands
         from v2g.outbox import Outbox
@@ -96,6 +104,7 @@ class App:
         self.cfg = cfg
         self.board = board
         self.clock = clock
+        self.config_path = config_path
         store_dir = cfg["store"]["dir"] or board.get("store_dir") or "data"
         cfg["store"]["dir"] = store_dir
         ensure_dir(store_dir)
@@ -140,10 +149,14 @@ def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
     path, boards = _args(argv)
-    cfg, board = load(path, boards)
+    try:
+        cfg, board = load(path, boards)
+    except _BadConfig:
+        log.error("not started: fix the config (make deploy) and reset")
+        return None
     clock = clockmod.from_env()
     log.set_clock(clock)
-    app = App(cfg, board, clock)
+    app = App(cfg, board, clock, path)
     current = app
     ctrl = app.ctrl
     log.event("start", {"device_id": cfg["device_id"], "board": cfg["board"],

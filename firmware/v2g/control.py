@@ -133,6 +133,23 @@ class Controller:
             self._apply(("dispatch", s["dispatch"][0], s["dispatch"][1]))
 
     def _apply(self, action):
+        # An action may end with a reply box (a list) from a technician
+        # helper waiting in another thread: (True, result) or (False, error).
+        box = None
+        if len(action) > 1 and isinstance(action[-1], list):
+            box = action[-1]
+            action = action[:-1]
+        try:
+            result = self._do(action)
+        except Exception as e:  # noqa: BLE001 - the asker gets the error
+            if box is None:
+                raise
+            box.append((False, e))
+            return
+        if box is not None:
+            box.append((True, result))
+
+    def _do(self, action):
         op = action[0]
         if op == "dispatch":
             self.dispatch = (action[1], action[2])
@@ -148,11 +165,20 @@ class Controller:
         elif op == "set_mode":
             self.user_mode = action[1]
         elif op == "clear_fault":
-            self.guard.clear_fault()
+            return self.guard.clear_fault()
         elif op == "pause":
             self.guard.pause()
         elif op == "resume":
             self.guard.resume()
+        elif op == "read_point":
+            # the REPL's read("701.W"): the bus belongs to this thread
+            if not self.inv.ready:
+                raise OSError("inverter link down")
+            from v2g.sunspec_points import read_point
+
+            return read_point(self.inv, action[1])
+        else:
+            raise ValueError("unknown action " + str(op))
 
     def soc_pct(self):
         soc = self.guard.soc_cpct

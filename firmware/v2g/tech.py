@@ -1,0 +1,289 @@
+# Technician helpers at the serial REPL:  import tech; tech.status()
+#
+# On a board, Ctrl-C at the console stops only the cloud link; the control
+# loop keeps protecting the battery in its thread, and these helpers look
+# at it and talk to it. Everything that touches the inverter goes through
+# the control loop (it owns the Modbus line); the helpers only post requests
+# and wait for the answer. Nothing here prints a secret: the config is shown
+# through config.redacted() and keys are never read.
+import gc
+import time
+
+_WAIT_MS = const(3000)
+
+
+def _app():
+    from v2g import app
+
+    if app.current is None:
+        raise RuntimeError("the firmware is not running (main.py starts it)")
+    return app.current
+
+
+def _local(unix_s):
+    from v2g import app
+
+    off = app.current.cfg["utc_offset_min"] if app.current else 0
+    t = time.gmtime(unix_s + off * 60 - _epoch_offset())
+    return "%04d-%02d-%02d %02d:%02d:%02d" % t[:6]
+
+
+def _epoch_offset():
+    # gmtime() takes seconds since the port's epoch (2000 on some boards)
+    return 946684800 if time.gmtime(0)[0] == 2000 else 0
+
+
+def _w(v):
+    return "-" if v is None else "%+d W" % v
+
+
+def _pct(v):
+    return "-" if v is None else "%.1f %%" % v
+
+
+def _ask(action, *args):
+    """Run an action in the control thread; -> its result (or raise)."""
+    a = _app()
+    box = []
+    a.ctrl.post((action,) + args + (box,))
+    t0 = time.ticks_ms()
+    while not box:
+        if time.ticks_diff(time.ticks_ms(), t0) > _WAIT_MS:
+            raise RuntimeError("the control loop did not answer within 3 s")
+        time.sleep_ms(10)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def status():
+    """One screen: mode, reason, SoC, power, limits, links, last faults."""
+    a = _app()
+    c, g, cl = a.ctrl, a.ctrl.guard, a.cloud
+    s = c.snapshot()
+    cfg = a.cfg
+    b, lim = cfg["battery"], cfg["limits"]
+    dep_min, dep_pct = c.departure()
+    lines = [
+        "%s  %s   board %s" % (cfg["device_id"], _local(s["ts"]), cfg["board"]),
+        "mode      %-10s reason %s%s" % (s["mode"], s["reason"], "   FAULT " + s["fault"] if s["fault"] else ""),
+        "battery   SoC %s   reserve %s   min %s   max %s" % (
+            _pct(s["soc_pct"]), _pct(s["reserve_pct"]), _pct(b["soc_min_pct"]), _pct(b["soc_max_pct"])),
+        "departure %02d:%02d at %s" % (dep_min // 60, dep_min % 60, _pct(dep_pct)),
+        "power     ev_w %s   setpoint %s   request %s   window %s..%s" % (
+            _w(s["ev_w"]), _w(s["setpoint_w"]), _w(c.req_w), _w(g.lo_w), _w(g.hi_w)),
+        "limits    charge %d W  discharge %d W  ramp %d W/s   mode %s%s" % (
+            lim["charge_w"], lim["discharge_w"], lim["ramp_w_per_s"], c.user_mode,
+            "   dispatch %+d W until %s" % (c.dispatch[0], _local(c.dispatch[1])) if c.dispatch else ""),
+        "grid      %s Hz" % ("-" if s["grid_hz"] is None else "%.3f" % s["grid_hz"]),
+        "energy    in %s Wh   out %s Wh (inverter lifetime counters)" % (s["wh_in"], s["wh_out"]),
+        "inverter  %s   %s   errors %d%s" % (
+            "ok" if c.link_ok else "LOST", cfg["inverter"]["link"], c.link_errors,
+            "   last: " + c.last_link_error if c.last_link_error else ""),
+        "cloud     %s   %s:%d%s   outbox %d pending, %d dropped%s" % (
+            "connected" if cl.connected else "offline", cl.host, cl.port, " TLS" if cl.tls else "",
+            a.outbox.pending, a.outbox.dropped, "   last: " + cl.last_error if cl.last_error else ""),
+    ]
+    if c.vehicle is not None:
+        v = c.vehicle
+        lines.append("vehicle   CHAdeMO %s   SoC %s   limits +%d/-%d W%s" % (
+            v.state, _pct(None if v.soc_cpct is None else v.soc_cpct / 100), v.charge_limit_w, v.discharge_limit_w,
+            "   fault " + v.fault if v.fault else ""))
+    st = c.tick_stats()
+    lines.append("loop      %d ticks of %d ms, %d overruns, %d internal errors%s   heap free %d" % (
+        c.tick_no, c.period_ms, c.overruns, c.internal_errors,
+        "" if st is None else ", tick delay p99 %.2f ms" % st[1], gc.mem_free()))
+    recent = g.fault_log[-3:]
+    lines.append("faults    " + ("none" if not recent else "; ".join(
+        "%s %s %s" % (_local(t), what, code) for t, what, code in recent)))
+    print("\n".join(lines))
+
+
+def faults():
+    """The fault history (raised and cleared), oldest first, local time."""
+    log = _app().ctrl.guard.fault_log
+    if not log:
+        print("no faults recorded since start")
+    for t, what, code in log:
+        print("%s  %-7s %s" % (_local(t), what, code))
+
+
+def read(point):
+    """A SunSpec point by name with its unit, e.g. read("701.W")."""
+    value, units = _ask("read_point", point)
+    print("%s = %s %s" % (point, "not implemented" if value is None else value, units))
+    return value
+
+
+def pause():
+    """Hold at 0 W (protection and reporting go on) until resume()."""
+    _ask("pause")
+    print("paused: holding at 0 W; tech.resume() to continue")
+
+
+def resume():
+    _ask("resume")
+    print("resumed")
+
+
+def clear_fault():
+    """Clear a latched inverter fault (once the inverter no longer reports it)."""
+    latched = _app().ctrl.guard.latched
+    _ask("clear_fault")
+    time.sleep_ms(2 * _app().ctrl.period_ms)
+    still = _app().ctrl.guard.latched
+    if latched is None:
+        print("no latched fault")
+    elif still is None:
+        print("cleared: " + latched)
+    else:
+        print("still reported by the inverter: " + still)
+
+
+def selftest():
+    """Links, config, clock, storage, heap: PASS/FAIL each; returns True if all pass."""
+    a = _app()
+    results = []
+
+    def check(name, ok, detail):
+        results.append(ok)
+        print("%-8s %s  %s" % (name, "PASS" if ok else "FAIL", detail))
+
+    c = a.ctrl
+    check("inverter", c.link_ok and c.inv.ready,
+          "models %s" % sorted(c.inv.models) if c.link_ok else "link lost: %s" % c.last_link_error)
+    if a.cloud.connected:
+        check("cloud", True, "connected to %s:%d" % (a.cloud.host, a.cloud.port))
+    else:
+        # at the REPL the cloud link is stopped: try the broker directly
+        try:
+            ms = _cloud_probe(a)
+            check("cloud", True, "broker %s:%d answers (CONNACK in %d ms); link stopped at the REPL, tech.cloud() "
+                  "runs it" % (a.cloud.host, a.cloud.port, ms))
+        except Exception as e:  # noqa: BLE001 - any failure is the finding
+            check("cloud", False, "%s:%d: %s: %s" % (a.cloud.host, a.cloud.port, type(e).__name__, e))
+    if c.vehicle is not None:
+        v = c.vehicle
+        check("vehicle", v.fault is None, "CHAdeMO %s" % v.state if v.fault is None else v.fault)
+    try:
+        from v2g import config
+
+        config.load(a.config_path)
+        check("config", True, a.config_path + " valid")
+    except Exception as e:  # noqa: BLE001 - report whatever is wrong
+        check("config", False, str(e))
+    finally:
+        _unload("v2g.config")
+    now = a.clock.time()
+    t0 = c.tick_no
+    time.sleep_ms(3 * c.period_ms)
+    check("clock", now > 1704067200 and c.tick_no > t0,
+          "wall %s, control ticking" % _local(now) if now > 1704067200 else "wall clock not set (%d)" % now)
+    path = a.cfg["store"]["dir"] + "/selftest.tmp"
+    try:
+        from v2g.store import atomic_write, read_bytes, remove
+
+        atomic_write(path, b"selftest")
+        ok = read_bytes(path) == b"selftest"
+        remove(path)
+        import os
+
+        st = os.statvfs(a.cfg["store"]["dir"])
+        free_kb = st[0] * st[3] // 1024
+        check("storage", ok and free_kb > 64, "%s writable, %d KB free" % (a.cfg["store"]["dir"], free_kb))
+    except OSError as e:
+        check("storage", False, str(e))
+    gc.collect()
+    free = gc.mem_free()
+    check("heap", free > 16384, "%d bytes free" % free)
+    return all(results)
+
+
+def _cloud_probe(a):
+    from v2g.mqtt import Client, open_stream
+
+    m = a.cfg["mqtt"]
+    t0 = time.ticks_ms()
+    c = Client(m["client_id"][:17] + "-probe", a.cloud.host, a.cloud.port, m["user"], m["password"], 30)
+    c.open(open_stream(a.cloud.host, a.cloud.port, 5, a.cloud.tls))
+    ms = time.ticks_diff(time.ticks_ms(), t0)
+    c.disconnect()
+    return ms
+
+
+def cloud():
+    """Run the cloud link again in the foreground (Ctrl-C returns here)."""
+    a = _app()
+    try:
+        a.cloud.run()
+    except KeyboardInterrupt:
+        pass
+    a.cloud.stop()
+    print("cloud link stopped")
+
+
+def config(key=None, value=None):
+    """config(): show it (secrets hidden). config("battery.reserve_pct", 35):
+    change one key; the whole file is validated first, then saved
+    atomically (the old one kept as .bak). Takes effect at restart()."""
+    import json
+
+    from v2g.store import atomic_write, read_bytes
+
+    a = _app()
+    try:
+        from v2g import config as cfgmod
+
+        raw = json.loads(read_bytes(a.config_path))
+        if key is None:
+            print(json.dumps(cfgmod.redacted(raw)))
+            return
+        d = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            d = d.setdefault(p, {})
+        d[parts[-1]] = value
+        try:
+            cfgmod.validate(json.loads(json.dumps(raw)))
+        except cfgmod.ConfigError as e:
+            print("not saved: %s: %s" % (e.path, e.rule))
+            return False
+        atomic_write(a.config_path + ".bak", read_bytes(a.config_path))
+        atomic_write(a.config_path, json.dumps(raw).encode())
+        print("saved %s; takes effect at tech.restart()" % key)
+        return True
+    finally:
+        _unload("v2g.config")
+
+
+def factory_reset():
+    """Forget every change made at run time (remote reserve, departure,
+    mode, dispatch; a pause). Keeps the site config, the command seq (so no
+    old command can be replayed), the telemetry seq and outbox, and the
+    energy totals (the inverter's own counters). Takes effect at restart()."""
+    from v2g.store import remove
+
+    a = _app()
+    remove(a.cfg["store"]["dir"] + "/settings.json")
+    a.ctrl.post(("resume",))
+    print("run-time settings cleared; command and telemetry seq kept; tech.restart() to start clean")
+
+
+def restart():
+    """Stop power cleanly and restart the firmware."""
+    a = _app()
+    a.stop_control()
+    import machine
+
+    machine.reset()
+
+
+def _unload(name):
+    import sys
+
+    sys.modules.pop(name, None)
+    import v2g
+
+    v2g.__dict__.pop(name.split(".")[-1], None)
+    gc.collect()
