@@ -103,12 +103,7 @@ class Firmware:
         return None
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        _end(self.proc, signal.SIGINT)  # the firmware stops cleanly on SIGINT
         self.reader.join(timeout=5)
         self.log.close()
         return self.proc.returncode
@@ -140,11 +135,7 @@ class Vehicle:
         os.replace(tmp, self.soc_file)
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _end(self.proc)
         self.log.close()
         try:
             return json.loads(self.record.read_text())["report"]
@@ -173,12 +164,19 @@ class Inverter:
             return None
 
     def stop(self):
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _end(self.proc)
         self.log.close()
+
+
+def _end(proc, sig=signal.SIGTERM):
+    """Ask a child to stop, then make sure."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
 
 
 def run(args):
