@@ -122,6 +122,9 @@ class App:
             self.control_done = True
 
     def start_control(self):
+        from v2g.board import watchdog
+
+        self.ctrl.wdt = watchdog(self.board)
         _thread.start_new_thread(self._control_thread, ())
 
     def stop_control(self):

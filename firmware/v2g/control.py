@@ -111,6 +111,7 @@ class Controller:
         self.telemetry_s = cfg["mqtt"]["telemetry_s"]
         self.next_telemetry_s = 0
         self.running = False
+        self.wdt = None  # a hardware watchdog (v2g.board.watchdog), fed by every tick
         self.jitter_us = array.array("i", bytes(4 * _JITTER_RING))
         self._last_fault_rec = None
         self.jitter_n = 0
@@ -409,6 +410,10 @@ class Controller:
             self.jitter_n += 1
             try:
                 self.tick()
+                if self.wdt is not None:
+                    # fed only here: if the control loop hangs, the board
+                    # resets, and the inverter's own timer has gone to 0 W
+                    self.wdt.feed()
             except KeyboardInterrupt:
                 raise
             except Exception as e:  # noqa: BLE001 - the loop must outlive a bug
