@@ -167,3 +167,26 @@ def test_pause_holds_and_resume_continues(live_inverter, harness):
     assert rows[0]["mode"] == "hold" and rows[0]["reason"] == "paused" and rows[0]["sp"] == 0
     h.cmd("resume")
     assert h.tick(2)[-1]["mode"] == "charge"
+
+
+def test_damaged_settings_are_skipped_not_fatal(mpy, tmp_path):
+    """A settings.json with values of the wrong shape (damaged flash) must
+    not stop the firmware from starting: each bad key is skipped with an event."""
+    res = mpy("""
+import json
+from v2g import config, log
+from v2g.clock import Clock
+from v2g.control import Controller
+log.quiet = True
+class NoInverter:
+    ready = False
+    inverter_droop = False
+cfg = config.load('examples/site.json')
+c = Controller(cfg, Clock(), NoInverter())
+c.apply_settings({"reserve_pct": "lots", "departure": [450], "mode": "turbo", "dispatch": None})
+c.apply_settings({"reserve_pct": 40, "mode": "idle"})
+print(json.dumps([[e["key"] for e in c.events.take()], c.reserve_pct(), c.user_mode]))
+""")
+    keys, reserve, mode = res.json()
+    assert sorted(keys) == ["departure", "dispatch", "mode", "reserve_pct"]
+    assert reserve == 40 and mode == "idle"

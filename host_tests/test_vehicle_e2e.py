@@ -9,6 +9,7 @@ import sys
 import time
 
 import cantools
+import pytest
 
 from conftest import ROOT, site_config
 
@@ -16,12 +17,14 @@ DB = cantools.database.load_file(str(ROOT / "tools" / "chademo.dbc"))
 NIGHT = 1781452800 + 2 * 3600  # 02:00 local: the plan charges for departure
 
 
-def start_vehicle(tmp_path, *extra):
+def start_vehicle(tmp_path, *extra, where="tcp"):
+    """The car on an SLCAN link: a pty ("slcan:PATH") or TCP ("slcan-tcp:...")."""
     rec = tmp_path / "rec.json"
-    p = subprocess.Popen([sys.executable, "-m", "tools.sim.vehicle", "--tcp", "0", "--record", str(rec), *extra],
+    link = ["--tcp", "0"] if where == "tcp" else ["--pty-link", str(tmp_path / "pty")]
+    p = subprocess.Popen([sys.executable, "-m", "tools.sim.vehicle", *link, "--record", str(rec), *extra],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stdout.readline().strip()
-    assert line.startswith("READY slcan-tcp:"), line + p.stderr.read()
+    assert line.startswith("READY slcan"), line + p.stderr.read()
     return p, line.split()[1], rec
 
 
@@ -35,10 +38,13 @@ def modes(fw):
     return [(e["mode"], e["reason"], e["setpoint_w"], e.get("vehicle")) for e in fw.events("mode")]
 
 
-def test_a_whole_session_with_the_car(tmp_path, broker, live_inverter, firmware):
+@pytest.mark.parametrize("where", ["pty", "tcp"])
+def test_a_whole_session_with_the_car(tmp_path, broker, live_inverter, firmware, where):
     b = broker()
     inv = live_inverter(sim_epoch=NIGHT, soc_pct=73, ramp_w_per_s=1e6)
-    veh, link, rec_path = start_vehicle(tmp_path, "--speed", "4", "--hold", "--stop-after", "12", "--soc", "73")
+    veh, link, rec_path = start_vehicle(tmp_path, "--speed", "4", "--hold", "--stop-after", "12", "--soc", "73",
+                                        where=where)
+    assert link.startswith("slcan:" if where == "pty" else "slcan-tcp:")
     try:
         cfg_path, cfg = site_config(tmp_path, inv.port, b.port, vehicle={"driver": "chademo", "link": link})
         fw = firmware(cfg_path)

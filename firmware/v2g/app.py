@@ -161,6 +161,12 @@ def main(argv=None):
     log.set_clock(clock)
     app = App(cfg, board, clock, path)
     current = app
+    import gc
+
+    # Collect early and often: small, regular collections keep the heap less
+    # fragmented than waiting until an allocation fails (MicroPython's advice).
+    gc.collect()
+    gc.threshold(gc.mem_free() // 4 + gc.mem_alloc())
     ctrl = app.ctrl
     log.event("start", {"device_id": cfg["device_id"], "board": cfg["board"],
                         "period_ms": ctrl.period_ms, "warp": clock.warp})

@@ -3,8 +3,8 @@
 # Southbound I/O lives in this loop on purpose: the inverter is the actuator,
 # and each Modbus transaction is bounded (timeout x retries), so a dead link
 # costs one bounded stall and then fault mode. Nothing here touches the
-# network; the cloud link (a separate thread) only reads `snapshot()` and
-# posts commands through `Controller` methods that just set fields.
+# network: the cloud link and the technician's REPL (other threads) read
+# `snapshot()` and post actions into `inbox`, applied at the next tick.
 import _thread
 
 import array
@@ -20,7 +20,13 @@ from v2g.modbus import ModbusError
 from v2g.plan import Plan
 
 _SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan's basis
-_JITTER_RING = const(1024)  # last tick start delays kept for p50/p99/max
+_JITTER_RING = const(256)  # last tick start delays kept for p50/p99/max (51 s at 200 ms)
+
+
+def _user_mode(v):
+    if v not in ("auto", "idle", "charge_now"):
+        raise ValueError(v)
+    return v
 
 
 def _pct(cpct):
@@ -90,7 +96,6 @@ class Controller:
         self.mode = "hold"
         self.reason = "starting"
         self.req_w = 0
-        self.req_reason = "plan_idle"
         self.plan_soc_cpct = None
         self.last_write_ms = None
         self.heartbeat_ms = max(1000, cfg["inverter"]["revert_s"] * 1000 // 3)
@@ -123,15 +128,18 @@ class Controller:
         self.inbox.put(action)
 
     def apply_settings(self, s):
-        """Overrides persisted by earlier commands (settings.json)."""
-        if "reserve_pct" in s:
-            self._apply(("set_reserve", s["reserve_pct"]))
-        if "departure" in s:
-            self._apply(("set_departure", s["departure"][0], s["departure"][1]))
-        if "mode" in s:
-            self._apply(("set_mode", s["mode"]))
-        if "dispatch" in s:
-            self._apply(("dispatch", s["dispatch"][0], s["dispatch"][1]))
+        """Overrides persisted by earlier commands (settings.json). A value
+        that does not fit (a damaged file) is skipped with an event: the
+        site config's value stays, and the firmware starts regardless."""
+        for key, action in (("reserve_pct", lambda v: ("set_reserve", float(v))),
+                            ("departure", lambda v: ("set_departure", int(v[0]), float(v[1]))),
+                            ("mode", lambda v: ("set_mode", _user_mode(v))),
+                            ("dispatch", lambda v: ("dispatch", int(v[0]), int(v[1])))):
+            if key in s:
+                try:
+                    self._apply(action(s[key]))
+                except (TypeError, ValueError, IndexError):
+                    self._event("settings_ignored", {"key": key})
 
     def _apply(self, action):
         # An action may end with a reply box (a list) from a technician
@@ -291,7 +299,6 @@ class Controller:
                         {"vehicle_soc_pct": _pct(g.soc_cpct), "inverter_soc_pct": _pct(self.meas.inv_soc_cpct)})
         req_w, why, ceiling_pct = self._request(now_s)
         self.req_w = req_w
-        self.req_reason = why
         g.limits(None if ceiling_pct is None else int(ceiling_pct * 100 + 0.5), v)
         if v is not None:
             # the car hears our intent (direction, offered current) every
