@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE = ROOT.parent / "shared" / "reference"
+# copies of ../shared/reference, so a clone tests on its own (fixtures/README.md)
+REFERENCE = ROOT / "fixtures"
 sys.path.insert(0, str(ROOT))
 
 from tools.harness import (  # noqa: E402,F401 - shared with the benchmarks

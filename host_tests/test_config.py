@@ -193,3 +193,20 @@ def test_unreadable_and_non_json_config(tmp_path):
     p.write_text("{not json")
     res = run_firmware(p)
     assert res.returncode == 2 and "config error: config: not valid JSON" in res.stderr
+
+
+def test_make_run_stops_cleanly_on_sigterm_and_sigint(tmp_path):
+    import signal
+    import time
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        cfg = mutate(set_path("store", {"dir": str(tmp_path / "store")}))
+        p = tmp_path / "site.json"
+        p.write_text(json.dumps(cfg))
+        proc = subprocess.Popen([str(ROOT / "build" / "venv" / "bin" / "python"), str(ROOT / "tools" / "run_unix.py"),
+                                 str(p)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=20)
+        assert proc.returncode == 0, err
+        assert '"ev": "stop"' in out

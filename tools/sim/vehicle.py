@@ -45,7 +45,7 @@ import tty
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent.parent
-CAPTURE = ROOT.parent / "shared" / "reference" / "chademo" / "chademo-rs_nissan-leaf-chademo-start-stop.csv"
+CAPTURE = ROOT / "fixtures" / "chademo" / "chademo-rs_nissan-leaf-chademo-start-stop.csv"
 DBC = ROOT / "tools" / "chademo.dbc"
 
 VEHICLE_IDS = (0x100, 0x101, 0x102, 0x110, 0x200, 0x201)
