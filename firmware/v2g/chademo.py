@@ -342,6 +342,10 @@ class ChademoSession:
         self._b118 = bytearray(8)
         self._b208 = bytearray(8)
         self._b209 = bytearray(8)
+        # (pending flag, ID, buffer) in sending order, built once
+        self._tx_order = ((_TX_108, ID_CH_LIMITS, self._b108), (_TX_109, ID_CH_STATUS, self._b109),
+                          (_TX_118, ID_CH_EXT, self._b118), (_TX_208, ID_CH_DISCHARGE, self._b208),
+                          (_TX_209, ID_CH_DISCHARGE_EST, self._b209))
         # counters (diagnostics)
         self.rx_frames = 0  # car frames decoded
         self.bad_frames = 0  # car IDs with a wrong length
@@ -665,39 +669,15 @@ class ChademoSession:
         self._send_pending()
 
     def _send_pending(self):
+        # In order; a full TX buffer keeps the rest for the next call.
         p = self._pending
-        if not p:
-            return
         bus = self.bus
-        if p & _TX_108:
-            if not bus.send(ID_CH_LIMITS, self._b108):
-                return
-            p &= ~_TX_108
-            self.tx_frames += 1
-        if p & _TX_109:
-            if not bus.send(ID_CH_STATUS, self._b109):
-                self._pending = p
-                return
-            p &= ~_TX_109
-            self.tx_frames += 1
-        if p & _TX_118:
-            if not bus.send(ID_CH_EXT, self._b118):
-                self._pending = p
-                return
-            p &= ~_TX_118
-            self.tx_frames += 1
-        if p & _TX_208:
-            if not bus.send(ID_CH_DISCHARGE, self._b208):
-                self._pending = p
-                return
-            p &= ~_TX_208
-            self.tx_frames += 1
-        if p & _TX_209:
-            if not bus.send(ID_CH_DISCHARGE_EST, self._b209):
-                self._pending = p
-                return
-            p &= ~_TX_209
-            self.tx_frames += 1
+        for flag, can_id, buf in self._tx_order:
+            if p & flag:
+                if not bus.send(can_id, buf):
+                    break
+                p &= ~flag
+                self.tx_frames += 1
         self._pending = p
 
     def _status_byte(self, now_ms):

@@ -126,11 +126,7 @@ class CloudLink:
     # --- outbound
 
     def _event(self, kind, fields):
-        log.event(kind, fields)
-        rec = dict(fields)
-        rec["ev"] = kind
-        rec["ts"] = self.clock.time()
-        self.pending_events.append(rec)
+        self.pending_events.append(log.record(kind, fields, self.clock.time()))
         if len(self.pending_events) > 64:
             self.pending_events.pop(0)
 

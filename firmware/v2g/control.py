@@ -328,11 +328,7 @@ class Controller:
                 getattr(m, "wh_in", None), getattr(m, "wh_out", None))
 
     def _event(self, kind, fields):
-        log.event(kind, fields)
-        rec = dict(fields)
-        rec["ev"] = kind
-        rec["ts"] = self.clock.time()
-        self.events.put(rec)
+        self.events.put(log.record(kind, fields, self.clock.time()))
 
     def _set_mode(self, g, req_w, why):
         k = self.k

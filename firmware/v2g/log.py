@@ -27,6 +27,15 @@ def event(kind, fields=None):
     sys.stdout.write(json.dumps(rec) + "\n")
 
 
+def record(kind, fields, ts):
+    """Log an event and return it as the record for the `event` topic."""
+    event(kind, fields)
+    rec = dict(fields)
+    rec["ev"] = kind
+    rec["ts"] = ts
+    return rec
+
+
 def error(text):
     sys.stderr.write(text)
     sys.stderr.write("\n")
