@@ -96,10 +96,11 @@ def test_fuzz(tmp_path, broker, live_inverter, firmware):
     # the shipped .mpy form, in a heap whose free part cannot hold a 200 kB payload
     fw = firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()}, heap="256k", compiled=True)
     cloud = Cloud("127.0.0.1", b.port, DEV)
-    assert cloud.wait(lambda c: b"online" in c.topic("status"))
+    assert cloud.wait(lambda c: b"online" in c.topic("status"), timeout=30), fw.output()[-3000:]
     now = int(inv.clock.now())
     cloud.send(command(KEY, "set_reserve", {"pct": 35}, 7, now + 600, "first"))
-    assert cloud.result("first")["ok"] is True
+    first = cloud.result("first", timeout=30)
+    assert first and first["ok"] is True, (first, fw.output()[-3000:])
     store = tmp_path / "store"
     settings_before = (store / "settings.json").read_bytes()
     seq_before = (store / "cmd_seq.json").read_bytes()
@@ -109,7 +110,7 @@ def test_fuzz(tmp_path, broker, live_inverter, firmware):
         cloud.c.publish(cloud.root + "cmd", payload, qos=1)
     got = cloud.wait(lambda c: len(c.json("cmd/result")) >= len(cases) + 1, timeout=120)
     results = cloud.json("cmd/result")[1:]
-    assert got, f"only {len(results)} of {len(cases)} answered"
+    assert got, f"only {len(results)} of {len(cases)} answered\n" + fw.output()[-3000:]
     assert len(results) == len(cases)
     mismatches = [(p[:80], want, r) for (p, want), r in zip(cases, results) if r["ok"] or r["error"] != want]
     assert not mismatches, mismatches[:5]
