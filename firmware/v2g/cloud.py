@@ -52,7 +52,7 @@ class CloudLink:
         self.backoff_ms = _BACKOFF_MIN_MS
         self.next_try_ms = time.ticks_ms()
         self.last_state_ms = None
-        self.state_due_ms = None  # a command was accepted: show its effect
+        self.state_after = None  # (action number, deadline): show an accepted command's effect
         self.state_seq = -1
         self.results = []  # cmd/result records waiting to be published
         self.pending_events = []
@@ -119,8 +119,8 @@ class CloudLink:
             self.results.pop(0)
         if res["ok"]:
             # acknowledge by re-published state once the control loop has
-            # applied it (at its next tick)
-            self.state_due_ms = time.ticks_add(time.ticks_ms(), 2 * self.ctrl.period_ms)
+            # applied it (its next tick; at the latest after 5 s)
+            self.state_after = (self.commands.posted, time.ticks_add(time.ticks_ms(), 5000))
         log.event("cmd", {"id": res["id"], "ok": res["ok"], "error": res["error"], "detail": res["detail"]})
 
     # --- outbound
@@ -161,12 +161,13 @@ class CloudLink:
             c.publish(self.t_event, json.dumps(self.pending_events[0]).encode(), False, 1)
             self.pending_events.pop(0)
         now = time.ticks_ms()
-        due = self.state_due_ms is not None and time.ticks_diff(now, self.state_due_ms) >= 0
+        sa = self.state_after
+        due = sa is not None and (self.ctrl.actions_applied >= sa[0] or time.ticks_diff(now, sa[1]) >= 0)
         if (due or self.state_seq != self.ctrl.mode_seq or self.last_state_ms is None
                 or time.ticks_diff(now, self.last_state_ms) >= _STATE_EVERY_MS):
             self.state_seq = self.ctrl.mode_seq
             if due:
-                self.state_due_ms = None
+                self.state_after = None
             c.publish(self.t_state, json.dumps(self.ctrl.snapshot()).encode(), True, 1)
             self.last_state_ms = now
         for _ in range(_DRAIN_PER_PASS):

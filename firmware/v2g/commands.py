@@ -45,6 +45,7 @@ class Commands:
         self.settings = JsonFile(store_dir + "/settings.json", {})
         self.accepted = 0
         self.rejected = 0
+        self.posted = 0  # the control loop's number of the last action posted
 
     def handle(self, payload):
         """payload: bytes or None (None: too large, already discarded).
@@ -109,7 +110,7 @@ class Commands:
             s = self.settings.load()
             s.update(setting)
             self.settings.save(s)
-        self.ctrl.post(action)
+        self.posted = self.ctrl.post(action)
         return detail
 
     # --- ops: each returns (action for the control loop, detail, setting to persist)

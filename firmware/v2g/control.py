@@ -108,6 +108,8 @@ class Controller:
         self.internal_errors = 0
         # between threads: commands in; telemetry samples and events out
         self.inbox = Mailbox(16)
+        self.actions_posted = 0  # post() count (cloud/REPL threads)
+        self.actions_applied = 0  # actions taken from the inbox (control thread)
         self.telemetry = Mailbox(64)  # (ts, soc_pct, ev_w, grid_hz, wh_in, wh_out)
         self.events = Mailbox(64)
         self.mode_seq = 0  # bumps on every mode change (the cloud republishes state)
@@ -124,8 +126,11 @@ class Controller:
     # --- settings changed remotely or at the REPL (persisted by the caller)
 
     def post(self, action):
-        """Queue an action from another thread; applied at the next tick."""
+        """Queue an action from another thread; applied at the next tick.
+        Returns its number: applied once `actions_applied` reaches it."""
         self.inbox.put(action)
+        self.actions_posted += 1
+        return self.actions_posted
 
     def apply_settings(self, s):
         """Overrides persisted by earlier commands (settings.json). A value
@@ -283,6 +288,7 @@ class Controller:
         now_s = self.clock.time()
         for action in self.inbox.take():
             self._apply(action)
+            self.actions_applied += 1
         self.link_ok = self._southbound_read()
         v = self.vehicle
         if v is not None:
