@@ -10,6 +10,7 @@ same run, written to build/bench/results.json (one flat object of numbers).
     tick_jitter_{p50,p99,max}_ms_{broker_up,broker_down,broker_hanging,tls_connect}
     outbox_drain_records_per_s         telemetry delivered per second after an outage
     min_heap_kb_plain, min_heap_kb_tls smallest -X heapsize that runs a simulated day
+    code_ram_kb_32bit / _64bit         the loaded modules on a 32-bit (wasm) and this port
 
     make bench               all of them (several minutes: the heap search runs
                              a simulated day per probe)
@@ -170,7 +171,13 @@ def bench_heap(results):
     bench_cloud.heap(results, lo=96, hi=320)
 
 
-BENCHES = [bench_kernel, bench_refresh, bench_modbus, bench_can, bench_jitter, bench_drain, bench_heap]
+def bench_heap32(results):
+    from tools import bench_heap32
+
+    bench_heap32.run(results)
+
+
+BENCHES = [bench_kernel, bench_refresh, bench_modbus, bench_can, bench_jitter, bench_drain, bench_heap, bench_heap32]
 
 
 def main():
