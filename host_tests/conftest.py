@@ -53,43 +53,30 @@ def mpy():
     return run_mpy
 
 
-@pytest.fixture
-def live_inverter():
+def _made(build, close):
+    """A fixture body: yields a factory; closes everything it made."""
     made = []
 
-    def make(**kwargs):
-        li = LiveInverter(**kwargs)
-        made.append(li)
-        return li
+    def make(*args, **kwargs):
+        thing = build(*args, **kwargs)
+        made.append(thing)
+        return thing
 
     yield make
-    for li in made:
-        li.close()
+    for thing in made:
+        close(thing)
+
+
+@pytest.fixture
+def live_inverter():
+    yield from _made(LiveInverter, LiveInverter.close)
 
 
 @pytest.fixture
 def broker(tmp_path):
-    made = []
-
-    def make(tls=None, persistence=False):
-        b = Broker(tmp_path, tls, persistence)
-        made.append(b)
-        return b
-
-    yield make
-    for b in made:
-        b.stop()
+    yield from _made(lambda tls=None, persistence=False: Broker(tmp_path, tls, persistence), Broker.stop)
 
 
 @pytest.fixture
 def firmware():
-    made = []
-
-    def make(config_path, env=None, heap=None, compiled=False):
-        f = Firmware(config_path, env, heap, compiled)
-        made.append(f)
-        return f
-
-    yield make
-    for f in made:
-        f.stop()
+    yield from _made(Firmware, Firmware.stop)
