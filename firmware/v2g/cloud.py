@@ -56,7 +56,6 @@ class CloudLink:
         self.state_seq = -1
         self.results = []  # cmd/result records waiting to be published
         self.pending_events = []
-        self.stats = {"connects": 0, "connect_failures": 0, "published": 0, "acked": 0, "commands": 0}
         self.last_error = None
         self.running = False
 
@@ -73,7 +72,6 @@ class CloudLink:
         c.subscribe(self.t_cmd, 1)
         c.publish(self.t_status, b"online", True, 1)
         self.connected = True
-        self.stats["connects"] += 1
         self.backoff_ms = _BACKOFF_MIN_MS
         self.last_state_ms = None  # publish state right away
         self._event("cloud_connected", {"broker": self.host + ":" + str(self.port), "tls": bool(self.tls)})
@@ -98,8 +96,6 @@ class CloudLink:
         self.next_try_ms = time.ticks_add(time.ticks_ms(), self.backoff_ms // 2 + _rand_below(self.backoff_ms // 2))
         self.backoff_ms = min(self.backoff_ms * 2, _BACKOFF_MAX_MS)
         kind = "tls_error" if isinstance(err, TlsError) else "cloud_lost" if was else "cloud_connect_failed"
-        if not was:
-            self.stats["connect_failures"] += 1
         self._event(kind, {"error": self.last_error})
 
     # --- inbound commands
@@ -107,7 +103,6 @@ class CloudLink:
     def _on_message(self, topic, msg):
         if topic != self.t_cmd:
             return
-        self.stats["commands"] += 1
         res = self.commands.handle(msg)
         # Sent at once, without waiting for the PUBACK: a flood of commands
         # then costs one result at a time in RAM. Kept (bounded) until
@@ -176,9 +171,7 @@ class CloudLink:
                 break
             # publish() returns only after the PUBACK for this packet
             c.publish(self.t_telemetry, head[1], False, 1)
-            self.stats["published"] += 1
-            if self.outbox.ack(head[0]):
-                self.stats["acked"] += 1
+            self.outbox.ack(head[0])
         self.outbox.flush()
 
     def _keepalive(self):

@@ -43,8 +43,6 @@ class Commands:
         self.seq_file = JsonFile(store_dir + "/cmd_seq.json", {"seq": -1})
         self.last_seq = self.seq_file.load()["seq"]
         self.settings = JsonFile(store_dir + "/settings.json", {})
-        self.accepted = 0
-        self.rejected = 0
         self.posted = 0  # the control loop's number of the last action posted
 
     def handle(self, payload):
@@ -54,10 +52,8 @@ class Commands:
         try:
             body, cid = self._parse(payload)
             res = self._execute(body)
-            self.accepted += 1
             return {"id": cid, "ok": True, "error": None, "detail": res}
         except Reject as r:
-            self.rejected += 1
             return {"id": cid if isinstance(cid, str) and len(cid) <= _MAX_ID else None,
                     "ok": False, "error": r.code, "detail": r.detail}
 

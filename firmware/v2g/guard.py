@@ -245,6 +245,3 @@ class Guard:
         if room_cpct >= _TAPER_CPCT:
             return full_w
         return min(full_w, room_cpct * self.w_per_cpct)
-
-    def stop(self):
-        return self.state == FAULT
