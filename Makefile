@@ -32,7 +32,7 @@ bench: $(SETUP)
 # verify every file by hash, reset. See README "For installers".
 deploy: $(SETUP)
 	@test -n "$(BOARD)" -a -n "$(PORT)" -a -n "$(CONFIG)" || { echo "usage: make deploy BOARD=name PORT=/dev/ttyUSB0 CONFIG=site.json" >&2; exit 2; }
-	$(PY) -m tools.deploy --board "$(BOARD)" --port "$(PORT)" --config "$(CONFIG)" $(DEPLOYARGS)
+	$(PY) -m tools.deploy --board "$(BOARD)" --port "$(PORT)" --config "$(CONFIG)" $(if $(ROMFS),--romfs) $(DEPLOYARGS)
 
 # Board configs against their chips, and the HAL type-checked against the
 # ports' stubs (also part of make test).

@@ -190,3 +190,68 @@ print(json.dumps([[e["key"] for e in c.events.take()], c.reserve_pct(), c.user_m
     keys, reserve, mode = res.json()
     assert sorted(keys) == ["departure", "dispatch", "mode", "reserve_pct"]
     assert reserve == 40 and mode == "idle"
+
+
+def test_telemetry_ring_leaves_no_garbage_in_the_control_thread_and_keeps_order(mpy):
+    # The control thread hands samples to the cloud thread through a ring of
+    # ints allocated once: put() leaves no garbage (heap use is the same
+    # after 1,000 samples; the call's own frame is freed on return), None
+    # survives the round trip, units become CONTRACT units on the way
+    # out, and when full the oldest go and are counted.
+    out = mpy("""
+import gc, json
+from v2g.control import SampleRing
+r = SampleRing(4)
+r.put(0, 0, 0, 0, 0, 0)
+r.pop()
+i = grown = before = 0  # globals made before measuring (a new one can grow the dict)
+gc.collect()
+before = gc.mem_alloc()
+while i < 1000:  # (a for loop's range iterator would be garbage itself)
+    r.put(1781452800 + i, 4512, -3000, 50012, 1000, 7)
+    i += 1
+grown = gc.mem_alloc() - before
+while r.pop():
+    pass
+r.dropped = 0
+for i in range(6):
+    r.put(1781452800 + i, 4512 + i, -3000 - i, 50012, None if i == 5 else 1000 + i, 7)
+recs = []
+while True:
+    x = r.pop()
+    if x is None:
+        break
+    recs.append(x)
+print(json.dumps({"dropped": r.dropped, "recs": recs, "grown": grown}))
+r.put(5, None, None, None, None, None)
+print(json.dumps(r.pop()))
+""")
+    got = json.loads(out.lines()[-2])
+    assert got["grown"] == 0
+    assert got["dropped"] == 2
+    assert [r["ts"] for r in got["recs"]] == [1781452802, 1781452803, 1781452804, 1781452805]
+    first = got["recs"][0]
+    assert first == {"ts": 1781452802, "soc_pct": 45.14, "ev_w": -3002, "grid_hz": 50.012, "wh_in": 1002, "wh_out": 7}
+    assert got["recs"][-1]["wh_in"] is None
+    assert json.loads(out.lines()[-1]) == {"ts": 5, "soc_pct": None, "ev_w": None, "grid_hz": None,
+                                          "wh_in": None, "wh_out": None}
+
+
+def test_ticks_keep_their_period_while_the_other_thread_collects(tmp_path, broker, live_inverter, firmware):
+    # The cloud thread collects garbage every few KB; on the unix port each
+    # collection signals the control thread, which ends its sleep early. The
+    # loop must sleep on to its deadline: ticks never start early (a start
+    # delay below zero) and never come faster than the period.
+    b = broker()
+    inv = live_inverter()
+    cfg_path, _ = site_config(tmp_path, inv.port, b.port, mqtt__telemetry_s=1)
+    t0 = time.monotonic()
+    fw = firmware(cfg_path)
+    assert fw.wait_event("cloud_connected", timeout=15)
+    fw.wait_event("never", timeout=4)
+    fw.stop()
+    wall_s = time.monotonic() - t0
+    stop = fw.events("stop")[-1]
+    d = stop["tick_delay_ms"]
+    assert d["p50"] >= 0 and d["max"] >= 0, d
+    assert d["ticks"] <= wall_s / 0.2 + 2, d

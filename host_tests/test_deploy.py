@@ -207,6 +207,37 @@ def test_wrong_native_arch_is_refused(deployed, tmp_path):
                                  "(nothing was changed; the board was reset)")
 
 
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_romfs_deploy_needs_a_romfs_board_and_changes_nothing_without(deployed, mpy):
+    res, port, root, config, cfg = deployed
+    before = _tree(root)
+    res = deploy(port, config, "--romfs")
+    assert res.returncode == 1
+    assert failure_line(res) == ("deploy: FAILED at device: this MicroPython image has no ROMFS partition "
+                                 "(vfs.rom_ioctl): flash an image built with MICROPY_VFS_ROM, or deploy "
+                                 "without ROMFS=1 (nothing was changed; the board was reset)")
+    assert "[2/7] compile" in res.stdout and "ROMFS image" in res.stdout
+    assert _tree(root) == before
+    # the image it built holds every module, and they import from it
+    image = ROOT / "build" / "deploy" / "unix_sim" / "romfs.img"
+    manifest = json.loads((ROOT / "build" / "deploy" / "unix_sim" / "manifest.json").read_text())
+    assert manifest["romfs"]["bytes"] == image.stat().st_size
+    assert not [p for p in manifest["files"] if p.startswith("v2g/")]
+    out = mpy(f"""
+import sys, vfs
+vfs.mount(vfs.VfsRom(open({str(image)!r}, "rb").read()), "/rom")
+sys.path.insert(0, "/rom")
+for m in ("v2g.app", "v2g.control", "v2g.cloud", "v2g.commands", "v2g.config", "v2g.chademo", "v2g.tech"):
+    __import__(m)
+    assert sys.modules[m].__file__.startswith("/rom/v2g/"), sys.modules[m].__file__
+print("ok")
+""")
+    assert out.lines()[-1] == "ok"
+
+
 def test_another_sites_board_needs_yes(deployed, site):
     res, port, root, config, cfg = deployed
     other, _ = site("other.json", device_id="other-site")

@@ -138,7 +138,7 @@ def jitter(results, seconds=12.0):
         results[f"tick_jitter_max_ms_{name}"] = st["max"]
 
 
-def _day_run(td, heap_kb, tls_files, ca_der, wall_s=20.0):
+def _day_run(td, heap_kb, tls_files, ca_der, wall_s=20.0, romfs=False):
     """One simulated day under -X heapsize; -> (ok, why)."""
     warp = 86400 / wall_s
     d = Path(tempfile.mkdtemp(dir=td))
@@ -148,7 +148,8 @@ def _day_run(td, heap_kb, tls_files, ca_der, wall_s=20.0):
         cfg_path, _ = site_config(d, inv.port, b.port, mqtt__host="localhost" if tls_files else "127.0.0.1",
                                   mqtt__tls={"ca": ca_der} if tls_files else False,
                                   inverter__revert_s=max(10, int(0.2 * warp) + 1))
-        fw = Firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()}, heap=f"{heap_kb}k", compiled=True)
+        fw = Firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()}, heap=f"{heap_kb}k", compiled=True,
+                      romfs=romfs)
         end = time.time() + wall_s
         while time.time() < end and fw.proc.poll() is None:
             time.sleep(0.2)
@@ -171,12 +172,20 @@ def _day_run(td, heap_kb, tls_files, ca_der, wall_s=20.0):
         inv.close()
 
 
-def heap(results, lo=64, hi=512, step=8):
+# (result name, TLS, from ROMFS): the .mpy files on the board's filesystem
+# (stock firmware: bytecode is copied into the heap) and the same .mpy files
+# in a ROMFS image (bytecode runs in place from flash).
+HEAP_VARIANTS = (("plain", False, False), ("tls", True, False),
+                 ("plain_romfs", False, True), ("tls_romfs", True, True))
+
+
+def heap(results, lo=64, hi=320, step=4, variants=HEAP_VARIANTS):
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         tls_files, ca_der = _pki(td)
-        for name, tls in (("plain", None), ("tls", tls_files)):
-            ok_hi, why = _day_run(td, hi, tls, ca_der)
+        for name, tls, romfs in variants:
+            files = tls_files if tls else None
+            ok_hi, why = _day_run(td, hi, files, ca_der, romfs=romfs)
             if not ok_hi:
                 print(f"  {name}: fails even at {hi} KB: {why}")
                 results[f"min_heap_kb_{name}"] = None
@@ -184,8 +193,8 @@ def heap(results, lo=64, hi=512, step=8):
             a, b = lo, hi  # a fails (or is untested), b works
             while b - a > step:
                 mid = (a + b) // 2 // step * step
-                ok, why = _day_run(td, mid, tls, ca_der)
-                print(f"  {name:5s} heap {mid:4d} KB: {'ok' if ok else 'FAILED'} ({why})", flush=True)
+                ok, why = _day_run(td, mid, files, ca_der, romfs=romfs)
+                print(f"  {name:11s} heap {mid:4d} KB: {'ok' if ok else 'FAILED'} ({why})", flush=True)
                 if ok:
                     b = mid
                 else:

@@ -6,6 +6,13 @@ Every module under firmware/v2g becomes a .mpy for the arch (viper code
 needs one); boot.py and main.py stay source, as a board runs them; the
 micropython-lib packages in build/lib (umqtt) are compiled too. Used by the
 heap benchmark and the tests that run the shipped form on the unix port.
+
+    python -m tools.build_mpy --arch x64 --romfs build/romfs/x64.img
+
+also packs those .mpy files into a ROMFS image (mpremote's own writer):
+v2g/ at its root and umqtt/ under lib/, the layout a board mounts at /rom
+with /rom and /rom/lib on sys.path. From a ROMFS the bytecode runs in place
+from flash instead of being copied into the heap.
 """
 import argparse
 import subprocess
@@ -42,11 +49,44 @@ def build(arch, out):
     return files
 
 
+def romfs(arch, image, out=None):
+    """Build the .mpy tree and pack it into a ROMFS image; -> image size."""
+    import shutil
+
+    from mpremote.romfs import make_romfs
+
+    out = Path(out or ROOT / "build" / "mpy" / arch)
+    build(arch, out)
+    import tempfile
+
+    image = Path(image)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=image.parent))  # two builds at once stay apart
+    shutil.copytree(out / "v2g", stage / "v2g")
+    if (out / "lib" / "umqtt").exists():
+        shutil.copytree(out / "lib" / "umqtt", stage / "lib" / "umqtt")
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints the tree
+        data = make_romfs(str(stage), mpy_cross=False)
+    shutil.rmtree(stage)
+    tmp = stage.with_suffix(".img")
+    tmp.write_bytes(data)
+    tmp.replace(image)
+    return len(data)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--arch", default="x64")
     p.add_argument("--out", default=None)
+    p.add_argument("--romfs", default=None, metavar="IMAGE", help="also pack a ROMFS image")
     a = p.parse_args(argv)
+    if a.romfs:
+        n = romfs(a.arch, a.romfs, a.out)
+        print(f"ROMFS image {a.romfs}: {n} bytes for {a.arch}")
+        return 0
     files = build(a.arch, a.out or ROOT / "build" / "mpy" / a.arch)
     print(f"{len(files)} modules compiled for {a.arch}")
     return 0

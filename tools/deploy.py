@@ -19,6 +19,13 @@ board fails first):
   6 verify   sha256 of every file computed on the device against the manifest;
              then, on the device, every module imports and the config validates
   7 reset    machine.reset(): the board boots the new firmware
+With --romfs (`make deploy ... ROMFS=1`) the compiled v2g/ goes to the
+board's ROMFS partition as one image (`mpremote romfs deploy`) instead of
+its filesystem: the bytecode then runs in place from flash and the heap
+keeps about 40 KB more (see `make bench`, min_heap_kb_*_romfs). It needs a
+MicroPython image built with ROMFS (MICROPY_VFS_ROM); without one the
+deploy stops at step 3 with nothing changed. v2g/ files left on the
+filesystem are removed, since they would be imported before /rom.
 Exit 0 only when every file verified; 2 for a config or board-config error
 (nothing touched), 1 for any other failure. On a failure after the copy began
 the board is left stopped at its REPL rather than started half-updated.
@@ -207,6 +214,32 @@ def compile_firmware(board, out):
     return files
 
 
+def pack_romfs(files, out):
+    """Move v2g/*.mpy out of the file list into one ROMFS image (v2g/ at
+    its root, as the board mounts it at /rom) -> (image path, module names)."""
+    import contextlib as cl
+
+    from mpremote.romfs import make_romfs
+
+    tree = out / "romfs"
+    mods = []
+    for path in [p for p in files if p.startswith("v2g/")]:
+        dst = tree / path
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(files.pop(path), dst)
+        mods.append(path)
+    with cl.redirect_stdout(io.StringIO()):  # it prints the tree
+        data = make_romfs(str(tree), mpy_cross=False)
+    image = out / "romfs.img"
+    image.write_bytes(data)
+    return image, _module_names(mods)
+
+
+def _module_names(paths):
+    return sorted(p[:-4].replace("/", ".").removesuffix(".__init__")
+                  for p in paths if p.startswith("v2g/") and p.endswith(".mpy"))
+
+
 def umqtt_lib_files():
     """unix_sim ("lib"): micropython-lib's umqtt from build/lib, as source."""
     pkg = LIB / "umqtt"
@@ -222,11 +255,13 @@ def sha256_file(path):
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def write_manifest(out, board, mpy_version, files):
+def write_manifest(out, board, mpy_version, files, image=None):
     manifest = {path: {"sha256": sha256_file(f), "bytes": Path(f).stat().st_size}
                 for path, f in sorted(files.items())}
     doc = {"board": board["name"], "mpy_arch": board["mpy_arch"],
            "mpy": "%d.%d" % mpy_version, "files": manifest}
+    if image is not None:
+        doc["romfs"] = {"sha256": sha256_file(image), "bytes": image.stat().st_size}
     (out / "manifest.json").write_text(json.dumps(doc, indent=1) + "\n")
     return manifest
 
@@ -304,6 +339,32 @@ for _m in {mods!r}:
     for _k in [k for k in sys.modules if k == "v2g" or k.startswith("v2g.")]:
         del sys.modules[_k]
     gc.collect()
+"""
+
+# -> (partitions, size of partition 0), or None without ROMFS support
+_ROMFS_QUERY = """\
+import vfs
+if not hasattr(vfs, "rom_ioctl") or vfs.rom_ioctl(1) <= 0:
+    print(repr(None))
+else:
+    _d = vfs.rom_ioctl(2, 0)
+    print(repr((vfs.rom_ioctl(1), _d.ioctl(4, 0) * _d.ioctl(5, 0) if hasattr(_d, "ioctl") else len(_d))))
+"""
+
+# the hash of the image on the board; then mounted at /rom as the board's
+# boot does (mpremote unmounts it to write), for the import self-test
+_ROMFS_HASH = """\
+import vfs, sys, hashlib, binascii
+_d = vfs.rom_ioctl(2, 0)
+print(repr(binascii.hexlify(hashlib.sha256(memoryview(_d)[:{n}]).digest()).decode()))
+try:
+    vfs.umount("/rom")
+except OSError:
+    pass
+vfs.mount(vfs.VfsRom(_d), "/rom")
+for _p in ("/rom/lib", "/rom"):
+    if _p not in sys.path:
+        sys.path.insert(1, _p)
 """
 
 _DEVICE_ID = """\
@@ -549,9 +610,45 @@ def verify(dev, manifest):
         raise DeployError("verify", "; ".join(parts))
 
 
-def self_test(dev, manifest):
-    mods = sorted(p[:-4].replace("/", ".").removesuffix(".__init__")
-                  for p in manifest if p.startswith("v2g/") and p.endswith(".mpy"))
+def check_romfs(dev, image):
+    """The board must have a ROMFS partition the image fits in."""
+    size = Path(image).stat().st_size
+    try:
+        got = dev.records(_ROMFS_QUERY)[0]
+    except DeviceError as e:
+        raise DeployError("device", f"cannot query the board's ROMFS: {e}")
+    if got is None:
+        raise DeployError("device", "this MicroPython image has no ROMFS partition (vfs.rom_ioctl): "
+                                    "flash an image built with MICROPY_VFS_ROM, or deploy without ROMFS=1")
+    if got[1] < size:
+        raise DeployError("device", f"the ROMFS image ({kb(size)}) does not fit the board's ROMFS "
+                                    f"partition ({kb(got[1])})")
+    return f"ROMFS partition {kb(got[1])}, image {kb(size)}"
+
+
+def write_romfs(dev, port, image):
+    """`mpremote romfs deploy` (its own session) -> the reopened device."""
+    dev.close()
+    res = subprocess.run([str(MPREMOTE), "connect", port, "romfs", "deploy", str(image)],
+                         capture_output=True, text=True, timeout=MIP_TIMEOUT_S)
+    for line in (res.stdout + res.stderr).strip().splitlines():
+        say("           | " + line.split("\r")[-1])
+    dev = Device(port)
+    if res.returncode != 0:
+        raise DeployError("copy", "`mpremote romfs deploy` failed")
+    return dev
+
+
+def verify_romfs(dev, image):
+    n = Path(image).stat().st_size
+    got = dev.records(_ROMFS_HASH.format(n=n))[0]
+    if got != sha256_file(image):
+        raise DeployError("verify", "the board's ROMFS does not hold this build's image")
+
+
+def self_test(dev, manifest, mods=None):
+    if mods is None:
+        mods = _module_names(manifest)
     try:
         results = dev.records(_SELF_TEST.format(mods=mods))
     except DeviceError as e:
@@ -576,6 +673,8 @@ def parse_args(argv):
                    help="replace a board's config even when it belongs to another device_id")
     p.add_argument("--verify-only", action="store_true",
                    help="copy nothing: check that the board holds exactly this build and config, then reset it")
+    p.add_argument("--romfs", action="store_true",
+                   help="v2g/ as a ROMFS image (bytecode runs from flash); needs MicroPython with ROMFS")
     p.add_argument("--boards-dir", default=str(BOARDS), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -599,9 +698,11 @@ def prepare(args, stage):
     files.update(compile_firmware(board, out))
     if board["umqtt"] == "lib":
         files.update(umqtt_lib_files())
-    manifest = write_manifest(out, board, emitted, files)
-    n_mpy = sum(p.endswith(".mpy") for p in manifest)
-    step(2, "compile", f"{n_mpy} modules for {board['mpy_arch']} (mpy {emitted[0]}.{emitted[1]}), "
+    n_mpy = sum(p.endswith(".mpy") for p in files)
+    args.image, args.mods = pack_romfs(files, out) if args.romfs else (None, None)
+    manifest = write_manifest(out, board, emitted, files, args.image)
+    where = f", ROMFS image {kb(args.image.stat().st_size)}" if args.image else ""
+    step(2, "compile", f"{n_mpy} modules for {board['mpy_arch']} (mpy {emitted[0]}.{emitted[1]}){where}, "
                        f"manifest {out.relative_to(ROOT)}/manifest.json")
     return board, summary, files, manifest, emitted
 
@@ -617,7 +718,10 @@ class Session:
 
 
 def _board_steps(s, args, board, summary, files, manifest, emitted):
-    step(3, "device", check_device(s.dev, board, emitted))
+    text = check_device(s.dev, board, emitted)
+    if args.image:
+        text += "; " + check_romfs(s.dev, args.image)
+    step(3, "device", text)
     s.step = "umqtt"
     s.dev, note = check_umqtt(s.dev, board, args.port)
     step(4, "umqtt", f"{board['umqtt']}: {note}")
@@ -632,9 +736,13 @@ def _board_steps(s, args, board, summary, files, manifest, emitted):
         copied, unchanged, removed = copy_files(s.dev, manifest, files)
         say(f"           {len(copied)} copied, {len(unchanged)} unchanged"
             + (f", {len(removed)} stale removed" if removed else ""))
+        if args.image:
+            s.dev = write_romfs(s.dev, args.port, args.image)
     s.step = "verify"
     verify(s.dev, manifest)
-    n_mods = self_test(s.dev, manifest)
+    if args.image:
+        verify_romfs(s.dev, args.image)
+    n_mods = self_test(s.dev, manifest, args.mods)
     step(6, "verify", f"{len(manifest)}/{len(manifest)} files match their sha256 on the board; "
                       f"{n_mods} modules import; the config validates on the board")
     s.step = "reset"

@@ -119,29 +119,50 @@ class Broker:
         self.proc = None
 
 
+def romfs_heap_share(image_bytes):
+    """Heap bytes that holding a ROMFS image costs the unix port: the buffer
+    in whole 32-byte GC blocks plus its share of the GC's allocation and
+    finaliser tables (3 bits per block), plus the bytearray object itself."""
+    blocks = (image_bytes + 31) // 32
+    return blocks * 32 + (blocks * 3 + 7) // 8 + 64
+
+
 class Firmware:
     """The firmware (firmware/main.py) on the unix port as its own process;
     its JSON event lines are collected."""
 
-    def __init__(self, config_path, env=None, heap=None, compiled=False):
+    def __init__(self, config_path, env=None, heap=None, compiled=False, romfs=False):
         """compiled: run the .mpy build (tools/build_mpy.py), as a board
-        runs it; needed for small heaps (compiling source costs RAM)."""
+        runs it; needed for small heaps (compiling source costs RAM).
+        romfs: run that build from a ROMFS image (tools/romfs_boot.py), as a
+        board with a ROMFS partition runs it; `heap` (KB) is then the heap
+        beyond the image's buffer, which a board keeps in flash."""
         import threading
 
         self.lines = []
         self.cond = threading.Condition()
-        heap_args = ["-X", f"heapsize={heap}"] if heap else []
         env = dict(env or {})
-        main = FIRMWARE / "main.py"
-        if compiled:
+        main = [str(FIRMWARE / "main.py")]
+        if romfs:
+            from tools.build_mpy import romfs as build_romfs
+
+            image = ROOT / "build" / "romfs" / "x64.img"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            size = build_romfs("x64", image)
+            env["MICROPYPATH"] = ".frozen"
+            main = [str(ROOT / "tools" / "romfs_boot.py"), str(image)]
+            if heap:
+                heap = f"{int(str(heap).rstrip('k')) * 1024 + romfs_heap_share(size)}"
+        elif compiled:
             from tools.build_mpy import build
 
             out = ROOT / "build" / "mpy" / "x64"
             build("x64", out)
             env["MICROPYPATH"] = f"{out}:{out / 'lib'}:.frozen"
-            main = out / "main.py"
+            main = [str(out / "main.py")]
+        heap_args = ["-X", f"heapsize={heap}"] if heap else []
         self.proc = subprocess.Popen(
-            [MICROPYTHON, *heap_args, str(main), str(config_path), "--boards", str(ROOT / "board_configs")],
+            [MICROPYTHON, *heap_args, *main, str(config_path), "--boards", str(ROOT / "board_configs")],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mp_env(env), cwd=ROOT)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

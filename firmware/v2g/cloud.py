@@ -16,6 +16,7 @@ from v2g import log
 from v2g.mqtt import Client, TlsError, open_stream
 
 _TIMEOUT_S = const(5)  # any single network operation
+_STOP_TIMEOUT_S = const(1)  # each step of a clean stop
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
 _STATE_EVERY_MS = const(10000)  # state at least this often (real time)
@@ -128,8 +129,11 @@ class CloudLink:
     def _collect(self):
         """Move what the control thread produced into the outbox / queues."""
         tm = self.ctrl.telemetry
-        for ts, soc, ev_w, hz, wh_in, wh_out in tm.take():
-            self.outbox.append({"ts": ts, "soc_pct": soc, "ev_w": ev_w, "grid_hz": hz, "wh_in": wh_in, "wh_out": wh_out})
+        while True:
+            rec = tm.pop()
+            if rec is None:
+                break
+            self.outbox.append(rec)
         dropped = self.outbox.take_drop_report()
         if dropped:
             self._event("telemetry_dropped", {"count": dropped, "acked_up_to": self.outbox.acked, "where": "outbox full"})
@@ -215,23 +219,33 @@ class CloudLink:
 
         self.running = True
         while self.running:
+            if self.ctrl.interrupted:  # Ctrl-C that reached the control thread
+                self.ctrl.interrupted = False
+                raise KeyboardInterrupt
             try:
                 self.step()
             except Exception as e:  # noqa: BLE001 - the cloud thread must outlive a bug
-                self._event("cloud_error", {"error": type(e).__name__ + ": " + str(e)})
                 gc.collect()
+                try:
+                    self._event("cloud_error", {"error": type(e).__name__ + ": " + str(e)})
+                except MemoryError:
+                    pass  # out of heap even for the event: it is lost, the link is not
             time.sleep_ms(_LOOP_MS)
 
     def stop(self):
-        """Clean stop: `offline` (retained) replaces the Last Will."""
+        """Clean stop: `offline` (retained) replaces the Last Will. Bounded:
+        the stop may have cut a read short, so each step gets a short
+        timeout; what is not sent stays in the outbox on flash."""
         self.running = False
         if self.connected:
             try:
+                self.client.sock.timeout_s = _STOP_TIMEOUT_S
+                self.client.sock.setblocking(True)
                 self._collect()
                 self._publish_all()
                 self.client.publish(self.t_status, b"offline", True, 1)
                 self.client.disconnect()
-            except (OSError, IndexError, AssertionError):
+            except Exception:  # noqa: BLE001 - stopping regardless
                 pass
         self.outbox.flush()
         self.connected = False

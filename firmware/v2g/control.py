@@ -68,6 +68,54 @@ class Mailbox:
         return items
 
 
+_TM_FIELDS = const(6)  # ts, soc_cpct, ev_w, hz_mhz, wh_in, wh_out
+_TM_NONE = const(-0x3FFFFFFF)  # "not read": a small int on every port
+
+
+class SampleRing:
+    """Telemetry samples from the control thread to the cloud thread, in a
+    ring of ints allocated once: a sample leaves no garbage in the control
+    thread, and a cloud thread stalled in a TLS handshake costs no heap
+    either (a list of tuples of floats there was the peak of the day).
+    When full the oldest goes and `dropped` counts it."""
+
+    def __init__(self, size):
+        self.size = size
+        self.buf = array.array("q", bytes(8 * _TM_FIELDS * size))
+        self.first = 0
+        self.n = 0
+        self.dropped = 0
+        self.lock = _thread.allocate_lock()
+
+    def put(self, ts, soc_cpct, ev_w, hz_mhz, wh_in, wh_out):
+        with self.lock:
+            if self.n == self.size:
+                self.first = (self.first + 1) % self.size
+                self.n -= 1
+                self.dropped += 1
+            i = (self.first + self.n) % self.size * _TM_FIELDS
+            b = self.buf
+            b[i] = ts
+            b[i + 1] = _TM_NONE if soc_cpct is None else soc_cpct
+            b[i + 2] = _TM_NONE if ev_w is None else ev_w
+            b[i + 3] = _TM_NONE if hz_mhz is None else hz_mhz
+            b[i + 4] = _TM_NONE if wh_in is None else wh_in
+            b[i + 5] = _TM_NONE if wh_out is None else wh_out
+            self.n += 1
+
+    def pop(self):
+        """The oldest sample as a telemetry record (CONTRACT units), or None."""
+        with self.lock:
+            if not self.n:
+                return None
+            i = self.first * _TM_FIELDS
+            v = [None if x == _TM_NONE else x for x in self.buf[i:i + _TM_FIELDS]]
+            self.first = (self.first + 1) % self.size
+            self.n -= 1
+        return {"ts": v[0], "soc_pct": None if v[1] is None else v[1] / 100, "ev_w": v[2],
+                "grid_hz": None if v[3] is None else v[3] / 1000, "wh_in": v[4], "wh_out": v[5]}
+
+
 class Controller:
     def __init__(self, cfg, clock, inverter, vehicle=None):
         self.cfg = cfg
@@ -110,7 +158,7 @@ class Controller:
         self.inbox = Mailbox(16)
         self.actions_posted = 0  # post() count (cloud/REPL threads)
         self.actions_applied = 0  # actions taken from the inbox (control thread)
-        self.telemetry = Mailbox(64)  # (ts, soc_pct, ev_w, grid_hz, wh_in, wh_out)
+        self.telemetry = SampleRing(64)
         self.events = Mailbox(64)
         self.mode_seq = 0  # bumps on every mode change (the cloud republishes state)
         self.user_mode = "auto"
@@ -118,6 +166,10 @@ class Controller:
         self.telemetry_s = cfg["mqtt"]["telemetry_s"]
         self.next_telemetry_s = 0
         self.running = False
+        # Ctrl-C / SIGINT is for the main thread, which decides what stops;
+        # when this thread happens to receive it, it is handed over here and
+        # protection goes on (the cloud loop raises it in the main thread)
+        self.interrupted = False
         self.wdt = None  # a hardware watchdog (v2g.board.watchdog), fed by every tick
         self.jitter_us = array.array("i", bytes(4 * _JITTER_RING))
         self._last_fault_rec = None
@@ -323,15 +375,10 @@ class Controller:
             self._southbound_write(sp, now_ms)
         if now_s >= self.next_telemetry_s:
             self.next_telemetry_s = now_s - now_s % self.telemetry_s + self.telemetry_s
-            self.telemetry.put(self._sample(now_s))
+            g, m = self.guard, self.meas
+            self.telemetry.put(now_s, g.soc_cpct, g.ev_w, g.hz_mhz,
+                               getattr(m, "wh_in", None), getattr(m, "wh_out", None))
         return sp
-
-    def _sample(self, now_s):
-        # a tuple, the smallest record; the cloud thread makes it a dict
-        g, m = self.guard, self.meas
-        return (now_s, None if g.soc_cpct is None else g.soc_cpct / 100, g.ev_w,
-                None if g.hz_mhz is None else g.hz_mhz / 1000,
-                getattr(m, "wh_in", None), getattr(m, "wh_out", None))
 
     def _event(self, kind, fields):
         self.events.put(log.record(kind, fields, self.clock.time()))
@@ -424,7 +471,7 @@ class Controller:
                     # resets, and the inverter's own timer has gone to 0 W
                     self.wdt.feed()
             except KeyboardInterrupt:
-                raise
+                self.interrupted = True
             except Exception as e:  # noqa: BLE001 - the loop must outlive a bug
                 self._internal_error(e)
             n += 1
@@ -435,8 +482,15 @@ class Controller:
                 # ticks (they would act on the same stale measurements).
                 self.overruns += 1
                 next_us = time.ticks_us()
-            elif wait_us > 0:
-                time.sleep_us(wait_us)
+            else:
+                # a sleep can end early (on the unix port the other thread's
+                # garbage collection signals this one): sleep to the deadline
+                while wait_us > 0:
+                    try:
+                        time.sleep_us(wait_us)
+                    except KeyboardInterrupt:
+                        self.interrupted = True
+                    wait_us = time.ticks_diff(next_us, time.ticks_us())
 
     def tick_stats(self):
         """Tick start delay in ms over the last ticks: (p50, p99, max, count).

@@ -233,9 +233,13 @@ class Client(_umqtt.MQTTClient):
         self.sock.write(pkt, i + len(msg))
         self.last_tx_ms = time.ticks_ms()
         if qos and wait:
+            # A TLS read that times out returns None rather than raising:
+            # without a deadline a lost PUBACK would wait here for ever.
+            deadline = time.ticks_add(time.ticks_ms(), self.sock.timeout_s * 1000)
             while pid in self.inflight:
-                if self.wait_msg() is None and pid in self.inflight:
-                    continue
+                if time.ticks_diff(time.ticks_ms(), deadline) >= 0:
+                    raise OSError(-110)  # ETIMEDOUT: the session is gone
+                self.wait_msg()
         return pid
 
     def ping(self):
