@@ -113,6 +113,9 @@ def test_config_change_and_factory_reset_keep_totals_and_seq(board):
     c = board.cloud
     key = board.cfg["command_key"]
     now = int(time.time())
+    # energy must flow whatever the hour the test runs at (the plan may be idle)
+    c.send(command(key, "set_mode", {"mode": "charge_now"}, 45, now + 600, "m1"))
+    assert c.result("m1")["ok"] is True
     c.send(command(key, "set_reserve", {"pct": 42}, 50, now + 600, "r42"))
     assert c.result("r42")["ok"] is True
     assert c.wait(lambda cl: [s for s in cl.json("state") if s["reserve_pct"] == 42.0])

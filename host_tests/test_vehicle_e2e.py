@@ -47,7 +47,7 @@ def test_a_whole_session_with_the_car(tmp_path, broker, live_inverter, firmware,
     assert link.startswith("slcan:" if where == "pty" else "slcan-tcp:")
     try:
         cfg_path, cfg = site_config(tmp_path, inv.port, b.port, vehicle={"driver": "chademo", "link": link})
-        fw = firmware(cfg_path)
+        fw = firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()})  # the night, whatever the hour
         assert fw.wait_event("mode", lambda e: e["mode"] == "charge", timeout=20), modes(fw)
         charging = fw.wait_event("mode", lambda e: e["mode"] == "charge")
         assert charging["reason"] == "departure_charge" and charging["vehicle"] == "charging"
@@ -95,7 +95,7 @@ def test_soc_disagreement_holds_and_raises_an_event(tmp_path, broker, live_inver
     try:
         cfg_path, cfg = site_config(tmp_path, inv.port, b.port,
                                     vehicle={"driver": "chademo", "link": link, "soc_mismatch_pct": 10})
-        fw = firmware(cfg_path)
+        fw = firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()})  # the night, whatever the hour
         ev = fw.wait_event("soc_mismatch", timeout=20)
         assert ev and ev["vehicle_soc_pct"] == 73.0 and ev["inverter_soc_pct"] == 50.0
         hold = fw.wait_event("mode", lambda e: e["reason"] == "soc_mismatch", timeout=5)
@@ -110,7 +110,7 @@ def test_lost_car_stops_power_within_a_period(tmp_path, broker, live_inverter, f
     inv = live_inverter(sim_epoch=NIGHT, soc_pct=73, ramp_w_per_s=1e6)
     veh, link, rec_path = start_vehicle(tmp_path, "--speed", "4", "--hold", "--soc", "73")
     cfg_path, cfg = site_config(tmp_path, inv.port, b.port, vehicle={"driver": "chademo", "link": link})
-    fw = firmware(cfg_path)
+    fw = firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()})  # the night, whatever the hour
     assert fw.wait_event("mode", lambda e: e["mode"] == "charge", timeout=20), modes(fw)
     n_before = len(fw.events("mode"))
     veh.send_signal(signal.SIGKILL)  # the car (and its SLCAN link) vanish mid-charge
