@@ -15,8 +15,12 @@ with /rom and /rom/lib on sys.path. From a ROMFS the bytecode runs in place
 from flash instead of being copied into the heap.
 """
 import argparse
+import contextlib
+import io
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,32 +53,32 @@ def build(arch, out):
     return files
 
 
-def romfs(arch, image, out=None):
-    """Build the .mpy tree and pack it into a ROMFS image; -> image size."""
-    import shutil
-
+def pack_image(tree, image):
+    """Pack the directory `tree` into the ROMFS image file `image` (written
+    whole, then renamed into place) -> its size in bytes."""
     from mpremote.romfs import make_romfs
 
-    out = Path(out or ROOT / "build" / "mpy" / arch)
-    build(arch, out)
-    import tempfile
-
-    image = Path(image)
-    image.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=image.parent))  # two builds at once stay apart
-    shutil.copytree(out / "v2g", stage / "v2g")
-    if (out / "lib" / "umqtt").exists():
-        shutil.copytree(out / "lib" / "umqtt", stage / "lib" / "umqtt")
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):  # it prints the tree
-        data = make_romfs(str(stage), mpy_cross=False)
-    shutil.rmtree(stage)
-    tmp = stage.with_suffix(".img")
+        data = make_romfs(str(tree), mpy_cross=False)
+    image = Path(image)
+    tmp = image.with_name(image.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(image)
     return len(data)
+
+
+def romfs(arch, image, out=None):
+    """Build the .mpy tree and pack it into a ROMFS image; -> image size."""
+    out = Path(out or ROOT / "build" / "mpy" / arch)
+    build(arch, out)
+    image = Path(image)
+    image.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=image.parent) as stage:  # two builds at once stay apart
+        stage = Path(stage)
+        shutil.copytree(out / "v2g", stage / "v2g")
+        if (out / "lib" / "umqtt").exists():
+            shutil.copytree(out / "lib" / "umqtt", stage / "lib" / "umqtt")
+        return pack_image(stage, image)
 
 
 def main(argv=None):

@@ -217,10 +217,6 @@ def compile_firmware(board, out):
 def pack_romfs(files, out):
     """Move v2g/*.mpy out of the file list into one ROMFS image (v2g/ at
     its root, as the board mounts it at /rom) -> (image path, module names)."""
-    import contextlib as cl
-
-    from mpremote.romfs import make_romfs
-
     tree = out / "romfs"
     mods = []
     for path in [p for p in files if p.startswith("v2g/")]:
@@ -228,10 +224,8 @@ def pack_romfs(files, out):
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(files.pop(path), dst)
         mods.append(path)
-    with cl.redirect_stdout(io.StringIO()):  # it prints the tree
-        data = make_romfs(str(tree), mpy_cross=False)
     image = out / "romfs.img"
-    image.write_bytes(data)
+    build_mpy.pack_image(tree, image)
     return image, _module_names(mods)
 
 
@@ -341,14 +335,14 @@ for _m in {mods!r}:
     gc.collect()
 """
 
-# -> (partitions, size of partition 0), or None without ROMFS support
+# -> the size of ROMFS partition 0, or None without ROMFS support
 _ROMFS_QUERY = """\
 import vfs
 if not hasattr(vfs, "rom_ioctl") or vfs.rom_ioctl(1) <= 0:
     print(repr(None))
 else:
     _d = vfs.rom_ioctl(2, 0)
-    print(repr((vfs.rom_ioctl(1), _d.ioctl(4, 0) * _d.ioctl(5, 0) if hasattr(_d, "ioctl") else len(_d))))
+    print(repr(_d.ioctl(4, 0) * _d.ioctl(5, 0) if hasattr(_d, "ioctl") else len(_d)))
 """
 
 # the hash of the image on the board; then mounted at /rom as the board's
@@ -614,16 +608,16 @@ def check_romfs(dev, image):
     """The board must have a ROMFS partition the image fits in."""
     size = Path(image).stat().st_size
     try:
-        got = dev.records(_ROMFS_QUERY)[0]
+        part = dev.records(_ROMFS_QUERY)[0]
     except DeviceError as e:
         raise DeployError("device", f"cannot query the board's ROMFS: {e}")
-    if got is None:
+    if part is None:
         raise DeployError("device", "this MicroPython image has no ROMFS partition (vfs.rom_ioctl): "
                                     "flash an image built with MICROPY_VFS_ROM, or deploy without ROMFS=1")
-    if got[1] < size:
+    if part < size:
         raise DeployError("device", f"the ROMFS image ({kb(size)}) does not fit the board's ROMFS "
-                                    f"partition ({kb(got[1])})")
-    return f"ROMFS partition {kb(got[1])}, image {kb(size)}"
+                                    f"partition ({kb(part)})")
+    return f"ROMFS partition {kb(part)}, image {kb(size)}"
 
 
 def write_romfs(dev, port, image):

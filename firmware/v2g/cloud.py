@@ -239,8 +239,7 @@ class CloudLink:
         self.running = False
         if self.connected:
             try:
-                self.client.sock.timeout_s = _STOP_TIMEOUT_S
-                self.client.sock.setblocking(True)
+                self.client.sock.settimeout(_STOP_TIMEOUT_S)
                 self._collect()
                 self._publish_all()
                 self.client.publish(self.t_status, b"offline", True, 1)

@@ -51,6 +51,12 @@ class _Stream:
             buf = memoryview(buf)[:n]
         return self.s.write(buf)
 
+    def settimeout(self, timeout_s):
+        """For every later blocking read and write, and a publish's wait
+        for its PUBACK."""
+        self.timeout_s = timeout_s
+        self.raw.settimeout(timeout_s)
+
     def setblocking(self, flag):
         if flag:
             self.raw.settimeout(self.timeout_s)
