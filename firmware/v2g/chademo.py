@@ -78,43 +78,43 @@ from micropython import const
 from v2g.can import STATE_BUS_OFF, Frame
 
 # -- IDs
-ID_EV_LIMITS = const(0x100)
-ID_EV_TIMES = const(0x101)
-ID_EV_STATUS = const(0x102)
-ID_EV_EXT = const(0x110)
-ID_EV_DISCHARGE = const(0x200)
-ID_EV_DISCHARGE_EST = const(0x201)
-ID_CH_LIMITS = const(0x108)
-ID_CH_STATUS = const(0x109)
-ID_CH_EXT = const(0x118)
-ID_CH_DISCHARGE = const(0x208)
-ID_CH_DISCHARGE_EST = const(0x209)
+_ID_EV_LIMITS = const(0x100)
+_ID_EV_TIMES = const(0x101)
+_ID_EV_STATUS = const(0x102)
+_ID_EV_EXT = const(0x110)
+_ID_EV_DISCHARGE = const(0x200)
+_ID_EV_DISCHARGE_EST = const(0x201)
+_ID_CH_LIMITS = const(0x108)
+_ID_CH_STATUS = const(0x109)
+_ID_CH_EXT = const(0x118)
+_ID_CH_DISCHARGE = const(0x208)
+_ID_CH_DISCHARGE_EST = const(0x209)
 EV_IDS = (0x100, 0x101, 0x102, 0x110, 0x200, 0x201)
 
 # -- 0x102 byte 4: faults (bit 0 = overvoltage: see the module comment)
-FAULT_OVERVOLTAGE = const(0x01)
-FAULT_UNDERVOLTAGE = const(0x02)
-FAULT_CURRENT_DEVIATION = const(0x04)
-FAULT_HIGH_TEMP = const(0x08)
-FAULT_VOLTAGE_DEVIATION = const(0x10)
+_FAULT_OVERVOLTAGE = const(0x01)
+_FAULT_UNDERVOLTAGE = const(0x02)
+_FAULT_CURRENT_DEVIATION = const(0x04)
+_FAULT_HIGH_TEMP = const(0x08)
+_FAULT_VOLTAGE_DEVIATION = const(0x10)
 _FAULT_CODES = ("ev_overvoltage", "ev_undervoltage", "ev_current_deviation",
                 "ev_high_temp", "ev_voltage_deviation")
 
 # -- 0x102 byte 5: status
-ST_ENABLED = const(0x01)  # charging/discharging enabled
-ST_NOT_PARKED = const(0x02)
-ST_SYSTEM_FAULT = const(0x04)
-ST_CONTACTOR_OPEN = const(0x08)  # 1 = open, or welding detection done
-ST_STOP_REQUEST = const(0x10)  # normal stop request before charging
-ST_DISCHARGE_COMPATIBLE = const(0x80)  # V2H
+_ST_ENABLED = const(0x01)  # charging/discharging enabled
+_ST_NOT_PARKED = const(0x02)
+_ST_SYSTEM_FAULT = const(0x04)
+_ST_CONTACTOR_OPEN = const(0x08)  # 1 = open, or welding detection done
+_ST_STOP_REQUEST = const(0x10)  # normal stop request before charging
+_ST_DISCHARGE_COMPATIBLE = const(0x80)  # V2H
 
 # -- 0x109 byte 5: charger status
-CH_CHARGING = const(0x01)
-CH_MALFUNCTION = const(0x02)
-CH_LOCKED = const(0x04)  # connector locked / energizing
-CH_INCOMPATIBLE = const(0x08)
-CH_SYSTEM_MALFUNCTION = const(0x10)
-CH_STOP_CONTROL = const(0x20)
+_CH_CHARGING = const(0x01)
+_CH_MALFUNCTION = const(0x02)
+_CH_LOCKED = const(0x04)  # connector locked / energizing
+_CH_INCOMPATIBLE = const(0x08)
+_CH_SYSTEM_MALFUNCTION = const(0x10)
+_CH_STOP_CONTROL = const(0x20)
 
 # -- session states
 IDLE = "idle"
@@ -127,8 +127,8 @@ STOPPED = "stopped"
 FAULT = "fault"
 STATES = (IDLE, HANDSHAKE, READY, CHARGING, DISCHARGING, STOPPING, STOPPED, FAULT)
 
-CYCLE_MS = const(100)
-TIMEOUT_102_MS = const(1000)  # ccs32clara: 1 s without 0x102 ends the loop
+_CYCLE_MS = const(100)
+_TIMEOUT_102_MS = const(1000)  # ccs32clara: 1 s without 0x102 ends the loop
 _AWAY_MS = const(3000)  # car silent this long: unplugged, session over
 _STOP_WAIT_MS = const(10000)  # ccs32clara: at most 10 s for low current / contactors
 _LOW_CURRENT_A = const(5)  # spec: charging flag drops at <= 5 A
@@ -324,7 +324,7 @@ class ChademoSession:
     """
 
     def __init__(self, bus, clock, max_voltage_v, max_current_a, max_discharge_current_a=None,
-                 min_voltage_v=0, weld_detect=True, timeout_ms=TIMEOUT_102_MS):
+                 min_voltage_v=0, weld_detect=True, timeout_ms=_TIMEOUT_102_MS):
         self.bus = bus
         self.clock = clock
         self.max_voltage_v = max_voltage_v
@@ -343,9 +343,9 @@ class ChademoSession:
         self._b208 = bytearray(8)
         self._b209 = bytearray(8)
         # (pending flag, ID, buffer) in sending order, built once
-        self._tx_order = ((_TX_108, ID_CH_LIMITS, self._b108), (_TX_109, ID_CH_STATUS, self._b109),
-                          (_TX_118, ID_CH_EXT, self._b118), (_TX_208, ID_CH_DISCHARGE, self._b208),
-                          (_TX_209, ID_CH_DISCHARGE_EST, self._b209))
+        self._tx_order = ((_TX_108, _ID_CH_LIMITS, self._b108), (_TX_109, _ID_CH_STATUS, self._b109),
+                          (_TX_118, _ID_CH_EXT, self._b118), (_TX_208, _ID_CH_DISCHARGE, self._b208),
+                          (_TX_209, _ID_CH_DISCHARGE_EST, self._b209))
         # counters (diagnostics)
         self.rx_frames = 0  # car frames decoded
         self.bad_frames = 0  # car IDs with a wrong length
@@ -461,7 +461,7 @@ class ChademoSession:
         if st == STOPPING:
             cur = self._present_current_a(now_ms)
             waited = self._age(now_ms, self._t_state_ms)
-            if (status & ST_CONTACTOR_OPEN and cur <= _LOW_CURRENT_A) or waited > _STOP_WAIT_MS:
+            if (status & _ST_CONTACTOR_OPEN and cur <= _LOW_CURRENT_A) or waited > _STOP_WAIT_MS:
                 self._enter(STOPPED, now_ms)
             return
         # handshake, ready, charging, discharging
@@ -473,28 +473,28 @@ class ChademoSession:
                 i += 1
             self._fail(_FAULT_CODES[i] if i < 5 else "ev_fault", now_ms)
             return
-        if status & ST_SYSTEM_FAULT:
+        if status & _ST_SYSTEM_FAULT:
             self._fail("ev_system_fault", now_ms)
             return
         if ev.target_voltage_v > self.max_voltage_v:
             self._fail("battery_incompatible", now_ms)
             return
-        if status & ST_ENABLED:
+        if status & _ST_ENABLED:
             self._enabled_seen = True
-        if status & ST_STOP_REQUEST:
+        if status & _ST_STOP_REQUEST:
             self._stop_because("ev_stop_request", now_ms, True)
             return
-        if status & ST_NOT_PARKED:
+        if status & _ST_NOT_PARKED:
             self._stop_because("ev_not_parked", now_ms, True)
             return
-        if self._enabled_seen and not status & ST_ENABLED:
+        if self._enabled_seen and not status & _ST_ENABLED:
             self._stop_because("ev_disabled", now_ms, True)
             return
         if self._stop_cmd:
             self._stop_because("charger_stop", now_ms, False)
             return
         if st == HANDSHAKE:
-            if self._enabled_seen and not status & ST_CONTACTOR_OPEN:
+            if self._enabled_seen and not status & _ST_CONTACTOR_OPEN:
                 self._enter(READY, now_ms)
             return
         if not self._loop and ev.charge_current_req_a > 0:
@@ -512,7 +512,7 @@ class ChademoSession:
 
     def _discharge_allowed(self):
         ev = self.ev
-        if not self.v2h or not ev.status & ST_DISCHARGE_COMPATIBLE:
+        if not self.v2h or not ev.status & _ST_DISCHARGE_COMPATIBLE:
             return False
         if ev.max_discharge_current_a <= 0:
             return False
@@ -607,7 +607,7 @@ class ChademoSession:
             r = decode(f.id, f.data, f.dlc, ev)
             if r > 0:
                 self.rx_frames += 1
-                if f.id == ID_EV_STATUS:
+                if f.id == _ID_EV_STATUS:
                     self._t102_ms = now_ms
                     self._evaluate(now_ms)  # a stop or fault acts at once
             elif r == 0:
@@ -662,10 +662,10 @@ class ChademoSession:
             # The next deadline counts from the last one, so the period holds
             # on average whatever the caller's jitter; after a stall of a
             # whole cycle it restarts from now instead of sending a burst.
-            if due is None or self._age(now_ms, due) >= CYCLE_MS:
-                self._next_tx_ms = self.clock.ticks_add(now_ms, CYCLE_MS)
+            if due is None or self._age(now_ms, due) >= _CYCLE_MS:
+                self._next_tx_ms = self.clock.ticks_add(now_ms, _CYCLE_MS)
             else:
-                self._next_tx_ms = self.clock.ticks_add(due, CYCLE_MS)
+                self._next_tx_ms = self.clock.ticks_add(due, _CYCLE_MS)
         self._send_pending()
 
     def _send_pending(self):
@@ -683,24 +683,24 @@ class ChademoSession:
     def _status_byte(self, now_ms):
         st = self.state
         if st == FAULT:
-            bits = CH_STOP_CONTROL
+            bits = _CH_STOP_CONTROL
             if self.fault == "battery_incompatible":
-                bits |= CH_INCOMPATIBLE
+                bits |= _CH_INCOMPATIBLE
             else:
-                bits |= CH_SYSTEM_MALFUNCTION
+                bits |= _CH_SYSTEM_MALFUNCTION
             return bits
         if st == STOPPED:
-            return CH_STOP_CONTROL
+            return _CH_STOP_CONTROL
         if st == STOPPING:
-            bits = CH_STOP_CONTROL | CH_LOCKED
+            bits = _CH_STOP_CONTROL | _CH_LOCKED
             if self._present_current_a(now_ms) > _LOW_CURRENT_A:
-                bits |= CH_CHARGING
+                bits |= _CH_CHARGING
             return bits
         if self._loop:
-            return CH_CHARGING | CH_LOCKED  # charging loop: stop control cleared
+            return _CH_CHARGING | _CH_LOCKED  # charging loop: stop control cleared
         if self._enabled_seen:
-            return CH_STOP_CONTROL | CH_LOCKED
-        return CH_STOP_CONTROL
+            return _CH_STOP_CONTROL | _CH_LOCKED
+        return _CH_STOP_CONTROL
 
     def _encode(self, now_ms):
         ev = self.ev

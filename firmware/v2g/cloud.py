@@ -13,7 +13,7 @@ import time
 from micropython import const
 
 from v2g import log
-from v2g.mqtt import Client, TlsError, open_stream
+from v2g.mqtt import PKT_MIN, Client, TlsError, open_stream, tls_context
 
 _TIMEOUT_S = const(5)  # any single network operation
 _STOP_TIMEOUT_S = const(1)  # each step of a clean stop
@@ -31,7 +31,7 @@ def _rand_below(n):
 
 
 class CloudLink:
-    def __init__(self, cfg, clock, ctrl, outbox, commands):
+    def __init__(self, cfg, clock, ctrl, outbox, commands, tls_ctx=None):
         m = cfg["mqtt"]
         self.cfg = cfg
         self.clock = clock
@@ -40,6 +40,11 @@ class CloudLink:
         self.commands = commands
         self.host, self.port = m["host"], m["port"]
         self.tls = m["tls"] or None
+        # Both made once (at boot, while the heap is whole) and kept for
+        # every reconnect: after a day of running the heap may not have a
+        # free 3 KB block for a new SSLContext.
+        self.tls_ctx = tls_ctx
+        self.pkt = bytearray(PKT_MIN)
         self.keepalive_s = m["keepalive_s"]
         self.root = "v2g/1/" + cfg["device_id"] + "/"
         self.t_status = (self.root + "status").encode()
@@ -64,10 +69,12 @@ class CloudLink:
 
     def _connect(self):
         m = self.cfg["mqtt"]
-        c = Client(m["client_id"], self.host, self.port, m["user"], m["password"], self.keepalive_s)
+        c = Client(m["client_id"], self.host, self.port, m["user"], m["password"], self.keepalive_s, self.pkt)
         c.set_last_will(self.t_status, b"offline", True, 1)
         c.set_callback(self._on_message)
-        stream = open_stream(self.host, self.port, _TIMEOUT_S, self.tls)
+        if self.tls and self.tls_ctx is None:
+            self.tls_ctx = tls_context(self.tls)  # raises what was wrong with the files
+        stream = open_stream(self.host, self.port, _TIMEOUT_S, self.tls_ctx)
         c.open(stream, True)
         self.client = c
         c.subscribe(self.t_cmd, 1)

@@ -11,7 +11,7 @@ from v2g import auth
 from v2g.clock import hhmm_to_min, min_to_hhmm
 from v2g.store import JsonFile
 
-MAX_PAYLOAD = const(4096)
+_MAX_PAYLOAD = const(4096)
 _MAX_DEPTH = const(8)  # a command is 3 levels deep; 4 KB of "[" would be 4,096 lists
 _MAX_ID = const(36)
 _MAX_DISPATCH_S = const(4 * 3600)
@@ -60,8 +60,8 @@ class Commands:
     # --- envelope and body
 
     def _parse(self, payload):
-        if payload is None or len(payload) > MAX_PAYLOAD:
-            raise Reject("bad_payload", "payload larger than %d bytes" % MAX_PAYLOAD)
+        if payload is None or len(payload) > _MAX_PAYLOAD:
+            raise Reject("bad_payload", "payload larger than %d bytes" % _MAX_PAYLOAD)
         if _too_deep(payload):
             raise Reject("bad_payload", "nested deeper than %d" % _MAX_DEPTH)
         try:

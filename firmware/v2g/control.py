@@ -70,6 +70,16 @@ class Mailbox:
 
 _TM_FIELDS = const(6)  # ts, soc_cpct, ev_w, hz_mhz, wh_in, wh_out
 _TM_NONE = const(-0x3FFFFFFF)  # "not read": a small int on every port
+# ts is kept as seconds from 2026-01-01 UTC, so that every field fits 32
+# bits (half the RAM of 64-bit slots) until 2094
+_TM_TS_BASE = const(1767225600)
+
+
+def int_array(n):
+    """n 32-bit slots (contents unset) in one allocation: from a range the
+    length is known up front, where bytes(4 * n) would be a second buffer
+    as large, at boot, when the heap is tightest."""
+    return array.array("i", range(n))
 
 
 class SampleRing:
@@ -81,7 +91,7 @@ class SampleRing:
 
     def __init__(self, size):
         self.size = size
-        self.buf = array.array("q", bytes(8 * _TM_FIELDS * size))
+        self.buf = int_array(_TM_FIELDS * size)
         self.first = 0
         self.n = 0
         self.dropped = 0
@@ -95,7 +105,7 @@ class SampleRing:
                 self.dropped += 1
             i = (self.first + self.n) % self.size * _TM_FIELDS
             b = self.buf
-            b[i] = ts
+            b[i] = ts - _TM_TS_BASE
             b[i + 1] = _TM_NONE if soc_cpct is None else soc_cpct
             b[i + 2] = _TM_NONE if ev_w is None else ev_w
             b[i + 3] = _TM_NONE if hz_mhz is None else hz_mhz
@@ -110,9 +120,10 @@ class SampleRing:
                 return None
             i = self.first * _TM_FIELDS
             v = [None if x == _TM_NONE else x for x in self.buf[i:i + _TM_FIELDS]]
+            v[0] = self.buf[i]  # a time, never "not read"
             self.first = (self.first + 1) % self.size
             self.n -= 1
-        return {"ts": v[0], "soc_pct": None if v[1] is None else v[1] / 100, "ev_w": v[2],
+        return {"ts": v[0] + _TM_TS_BASE, "soc_pct": None if v[1] is None else v[1] / 100, "ev_w": v[2],
                 "grid_hz": None if v[3] is None else v[3] / 1000, "wh_in": v[4], "wh_out": v[5]}
 
 
@@ -171,7 +182,7 @@ class Controller:
         # protection goes on (the cloud loop raises it in the main thread)
         self.interrupted = False
         self.wdt = None  # a hardware watchdog (v2g.board.watchdog), fed by every tick
-        self.jitter_us = array.array("i", bytes(4 * _JITTER_RING))
+        self.jitter_us = int_array(_JITTER_RING)
         self._last_fault_rec = None
         self.jitter_n = 0
 

@@ -26,10 +26,10 @@ import micropython
 from micropython import const
 
 # Function codes (Modbus Application Protocol V1.1b3)
-FC_READ_HOLDING = const(0x03)
-FC_READ_INPUT = const(0x04)
-FC_WRITE_SINGLE = const(0x06)
-FC_WRITE_MULTIPLE = const(0x10)
+_FC_READ_HOLDING = const(0x03)
+_FC_READ_INPUT = const(0x04)
+_FC_WRITE_SINGLE = const(0x06)
+_FC_WRITE_MULTIPLE = const(0x10)
 _EXC_BIT = const(0x80)
 
 _MAX_READ_REGS = const(125)
@@ -41,8 +41,8 @@ _T35_FAST_US = const(1750)  # fixed t3.5 above 19200 baud (serial line spec p.13
 _TCP_DRAIN_SILENCE_MS = const(2)  # "silence" on TCP: no segment for this long
 _DRAIN_LIMIT_MS = const(50)  # drain gives up after this even if bytes keep coming
 
-EXC_ACKNOWLEDGE = const(5)
-EXC_BUSY = const(6)
+_EXC_ACKNOWLEDGE = const(5)
+_EXC_BUSY = const(6)
 
 # Index = exception code. 9 is not defined by the spec.
 _EXC_NAMES = (
@@ -105,7 +105,14 @@ def _crc_entry(byte):
     return crc
 
 
-_CRC_TABLE = array("H", [_crc_entry(i) for i in range(256)])
+def _crc_table():
+    t = array("H", range(256))  # one allocation, no list of 256 ints first
+    for i in range(256):
+        t[i] = _crc_entry(i)
+    return t
+
+
+_CRC_TABLE = _crc_table()
 
 
 @micropython.viper
@@ -200,19 +207,19 @@ class RtuMaster:
     def read_holding(self, addr, count, into=None):
         """FC03. Returns a memoryview of the 2*count big-endian register bytes:
         into the master's buffer (valid until the next call) or into `into`."""
-        return self._read(FC_READ_HOLDING, addr, count, into)
+        return self._read(_FC_READ_HOLDING, addr, count, into)
 
     def read_input(self, addr, count, into=None):
         """FC04, otherwise as read_holding."""
-        return self._read(FC_READ_INPUT, addr, count, into)
+        return self._read(_FC_READ_INPUT, addr, count, into)
 
     def write_single(self, addr, value):
         """FC06; value is uint16 or int16. The echo must match exactly."""
         if not 0 <= addr <= 0xFFFF:
             raise ValueError("address out of range")
-        struct.pack_into(">BBHH", self._tx, 0, self.unit, FC_WRITE_SINGLE, addr, _reg_value(value))
+        struct.pack_into(">BBHH", self._tx, 0, self.unit, _FC_WRITE_SINGLE, addr, _reg_value(value))
         self._finish_request(6)
-        self._transact(FC_WRITE_SINGLE, 8, 8)
+        self._transact(_FC_WRITE_SINGLE, 8, 8)
 
     def write_multiple(self, addr, regs):
         """FC16; regs is a list/tuple of uint16/int16 values, or bytes-like
@@ -230,10 +237,10 @@ class RtuMaster:
             count = nbytes >> 1
             _check_range(addr, count, _MAX_WRITE_REGS)
             self._txmv[7 : 7 + nbytes] = regs
-        struct.pack_into(">BBHHB", tx, 0, self.unit, FC_WRITE_MULTIPLE, addr, count, 2 * count)
+        struct.pack_into(">BBHHB", tx, 0, self.unit, _FC_WRITE_MULTIPLE, addr, count, 2 * count)
         req_len = 9 + 2 * count
         self._finish_request(req_len - 2)
-        self._transact(FC_WRITE_MULTIPLE, req_len, 8)
+        self._transact(_FC_WRITE_MULTIPLE, req_len, 8)
 
     # -- request side -----------------------------------------------------
 
@@ -269,7 +276,7 @@ class RtuMaster:
                 return
             except ModbusExceptionResponse as e:
                 self.last_error = str(e)
-                if e.code != EXC_BUSY and e.code != EXC_ACKNOWLEDGE:
+                if e.code != _EXC_BUSY and e.code != _EXC_ACKNOWLEDGE:
                     self.exceptions += 1
                     raise
                 self.errors += 1
@@ -326,13 +333,13 @@ class RtuMaster:
                     raise ModbusCRCError("bad CRC on exception response")
                 raise ModbusExceptionResponse(fc, rx[2])
             raise ModbusFrameError("wrong function %d" % rfc)
-        if fc <= FC_READ_INPUT and rx[2] != resp_len - _HEADER_LEN:
+        if fc <= _FC_READ_INPUT and rx[2] != resp_len - _HEADER_LEN:
             raise ModbusFrameError("wrong byte count %d" % rx[2])
         if got < resp_len:
             self._fill(got, resp_len, resp_len, deadline_ms)
         if _crc_run(rx, resp_len, _CRC_TABLE):
             raise ModbusCRCError("bad CRC")
-        if fc >= FC_WRITE_SINGLE:
+        if fc >= _FC_WRITE_SINGLE:
             # FC06 echoes address and value; FC16 echoes start and quantity.
             tx = self._tx
             for i in range(2, 6):

@@ -23,6 +23,7 @@ import time
 import umqtt.simple as _umqtt
 
 _DISCARD_CHUNK = const(256)
+PKT_MIN = const(512)  # a telemetry record or state fits; grown for more
 
 
 class TlsError(OSError):
@@ -97,23 +98,32 @@ def _read_file(path):
         return f.read()
 
 
-def open_stream(host, port, timeout_s, tls=None):
-    """TCP (and TLS when tls is a dict with "ca", optional "cert"/"key")
-    with a timeout. Raises OSError (TlsError for certificate problems)."""
+def tls_context(tls):
+    """An SSLContext for tls = {"ca", optional "cert"/"key"} (DER files):
+    server certificate and host name verified. Made once and reused for
+    every connection: a reconnect then needs no 3 KB block of a heap that
+    a day of running has fragmented."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # the unix port does not verify by default
+    ctx.load_verify_locations(cadata=_read_file(tls["ca"]))
+    if tls.get("cert"):
+        ctx.load_cert_chain(_read_file(tls["cert"]), _read_file(tls["key"]))
+    return ctx
+
+
+def open_stream(host, port, timeout_s, ctx=None):
+    """TCP, and TLS when ctx (from tls_context) is given, with a timeout.
+    Raises OSError (TlsError for certificate problems); never falls back
+    to plain TCP."""
     addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
     raw = socket.socket()
     raw.settimeout(timeout_s)
     try:
         raw.connect(addr)
-        if not tls:
+        if ctx is None:
             return _Stream(raw, raw, timeout_s)
-        import ssl
-
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.verify_mode = ssl.CERT_REQUIRED  # the unix port does not verify by default
-        ctx.load_verify_locations(cadata=_read_file(tls["ca"]))
-        if tls.get("cert"):
-            ctx.load_cert_chain(_read_file(tls["cert"]), _read_file(tls["key"]))
         try:
             s = ctx.wrap_socket(raw, server_hostname=host)
         except (OSError, ValueError) as e:
@@ -134,11 +144,14 @@ def _tls_reason(e):
 class Client(_umqtt.MQTTClient):
     max_payload = 4096
 
-    def __init__(self, client_id, server, port, user=None, password=None, keepalive=0):
+    def __init__(self, client_id, server, port, user=None, password=None, keepalive=0, pkt=None):
         super().__init__(client_id, server, port, user, password, keepalive)
         self.last_rx_ms = time.ticks_ms()
         self.last_tx_ms = self.last_rx_ms
         self.inflight = {}  # pid -> True until its PUBACK
+        # one packet buffer, not a fresh one per publish (several a second):
+        # that fragments a small heap. The caller may lend one made at boot.
+        self._pkt = bytearray(PKT_MIN) if pkt is None else pkt
 
     def open(self, stream, clean_session=True):
         _shim.pending = stream
@@ -215,7 +228,9 @@ class Client(_umqtt.MQTTClient):
             sz += 2
         # One write per packet: several small writes meet Nagle's algorithm
         # and delayed ACKs (40 ms each on Linux), and cost a TLS record each.
-        pkt = bytearray(5 + sz)
+        if len(self._pkt) < 5 + sz:
+            self._pkt = bytearray((5 + sz + 255) & ~255)
+        pkt = self._pkt
         pkt[0] = 0x30 | qos << 1 | (1 if retain else 0)
         i = 1
         n = sz

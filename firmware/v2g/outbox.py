@@ -37,6 +37,9 @@ class Outbox:
         self.next_seq = max(m["next"], self.acked + 1)
         self.dropped_unreported = 0
         self._meta_dirty = False
+        # compaction's copy buffer, made once at boot: late in a day the
+        # heap may have no free 512-byte block left
+        self._copy_buf = bytearray(_CHUNK)
         self._recover()
 
     # --- boot
@@ -45,6 +48,7 @@ class Outbox:
         """Scan the log: find the cursor, the count, the highest seq; cut a
         torn tail."""
         self.cursor = None
+        self._head = None
         self.pending = 0
         good_end = 0
         pos = 0
@@ -115,16 +119,24 @@ class Outbox:
         """(seq, line bytes without newline) of the oldest unacked record, or None."""
         if self.pending <= 0:
             return None
-        line = self._line_at(self.cursor)
-        if line is None:
-            return None
-        return _seq_of(line), line[:-1]
+        h = self._head_record()
+        return None if h is None else (h[1], h[2][:-1])
+
+    def _head_record(self):
+        # (cursor, seq, line) of the record at the cursor, read once for
+        # its peek and its ack: each read opens the file and parses JSON
+        h = self._head
+        if h is None or h[0] != self.cursor:
+            line = self._line_at(self.cursor)
+            h = self._head = None if line is None else (self.cursor, _seq_of(line), line)
+        return h
 
     def ack(self, seq):
         """The broker acknowledged seq: move past it (in order)."""
-        line = self._line_at(self.cursor)
-        if line is None or _seq_of(line) != seq:
+        h = self._head_record()
+        if h is None or h[1] != seq:
             return False
+        line = h[2]
         self.cursor += len(line)
         self.pending -= 1
         self.acked = seq
@@ -166,7 +178,7 @@ class Outbox:
         with open(self.path, "rb") as src, open(tmp, "wb") as dst:
             src.seek(start)
             left = end - start
-            buf = bytearray(_CHUNK)
+            buf = self._copy_buf
             while left > 0:
                 n = src.readinto(buf)
                 if not n:
@@ -177,6 +189,7 @@ class Outbox:
         os.rename(tmp, self.path)
         self.size = end - start
         self.cursor = 0
+        self._head = None
 
 
 def _seq_of(line):

@@ -53,8 +53,8 @@ _WSETMOD_WATTS = const(1)
 # model 715 (DERCtl): LocRemCtl@2 DERHb@3 ControllerHb@5
 # model 711 (DERFreqDroop): Ena@2
 
-INVST_FAULT = const(6)
-STA_ERROR = const(2)
+_INVST_FAULT = const(6)
+_STA_ERROR = const(2)
 ALARM_BITS = ("GROUND_FAULT", "DC_OVER_VOLT", "AC_DISCONNECT", "DC_DISCONNECT",
               "GRID_DISCONNECT", "CABINET_OPEN", "MANUAL_SHUTDOWN", "OVER_TEMP",
               "OVER_FREQUENCY", "UNDER_FREQUENCY", "AC_OVER_VOLT", "AC_UNDER_VOLT",
@@ -251,7 +251,7 @@ class SunSpecInverter:
         meas.pf_c = scaled(pt("PF", "int16"), sf[(701, "PF_SF")], 2)
         meas.inv_state = pt("InvSt", "enum16")
         fault = None
-        if meas.inv_state == INVST_FAULT:
+        if meas.inv_state == _INVST_FAULT:
             fault = "inverter_state_fault"
         alarm = pt("Alrm", "bitfield32")
         if alarm:
@@ -265,7 +265,7 @@ class SunSpecInverter:
             meas.soc_res_cpct = self.soc_resolution_cpct()
             meas.wh_avail = scaled(_decode(r, 0, "uint16"), sf.get((713, "WH_SF")))
             meas.soh_cpct = scaled(_decode(r, 4, "uint16"), sf.get((713, "Pct_SF")), 2)
-            if _decode(r, 6, "enum16") == STA_ERROR and fault is None:
+            if _decode(r, 6, "enum16") == _STA_ERROR and fault is None:
                 fault = "storage_error"
         meas.inv_fault = fault
         return True

@@ -41,8 +41,8 @@ STATE_WARNING = "warning"
 STATE_PASSIVE = "passive"
 STATE_BUS_OFF = "bus_off"
 
-MAX_STD_ID = const(0x7FF)
-MAX_EXT_ID = const(0x1FFFFFFF)
+_MAX_STD_ID = const(0x7FF)
+_MAX_EXT_ID = const(0x1FFFFFFF)
 
 
 class Frame:
@@ -75,7 +75,7 @@ def check_frame(can_id, data, ext):
     n = len(data)
     if n > 8:
         raise ValueError("CAN data is at most 8 bytes")
-    if can_id < 0 or can_id > (MAX_EXT_ID if ext else MAX_STD_ID):
+    if can_id < 0 or can_id > (_MAX_EXT_ID if ext else _MAX_STD_ID):
         raise ValueError("CAN id out of range")
     return n
 
@@ -98,7 +98,7 @@ class CanBus:
             self._accept_ids = None
             return
         for i in ids:
-            if i < 0 or i > MAX_STD_ID:
+            if i < 0 or i > _MAX_STD_ID:
                 raise ValueError("filters take standard (11-bit) IDs")
         self._accept_ids = tuple(ids)
 
