@@ -3,6 +3,7 @@ connects; a wrong CA or a wrong host name is refused with an event, never a
 fallback to plain TCP; client certificates when the broker requires them."""
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -63,20 +64,36 @@ def test_right_ca_connects_and_publishes(tmp_path, broker, live_inverter, firmwa
         cloud.close()
 
 
-def test_tls_from_a_romfs_image_in_a_small_heap(tmp_path, broker, live_inverter, firmware, pki):
-    # the firmware as a ROMFS board runs it (bytecode in place from the
-    # image); 100 KB of heap beyond the image: the issue's 96 KB target is
-    # measured by `make bench` (min_heap_kb_tls_romfs), this leaves a margin
-    b, fw = start(tmp_path, broker, live_inverter, firmware, pki, heap="100k", romfs=True)
+def test_tls_from_a_romfs_image_in_96k_reconnects_on_the_context_made_at_boot(tmp_path, broker, live_inverter,
+                                                                              firmware, pki):
+    # The firmware as a ROMFS board runs it (bytecode in place from the
+    # image) in the issue's 96 KB of heap beyond the image. The TLS context
+    # is made once at boot and kept: a reconnect late in a day needs no
+    # fresh 3 KB block (the failure `make bench` found) and does not read
+    # the CA file again - shown here by removing that file before the
+    # broker restarts.
+    ca = tmp_path / "ca.der"
+    ca.write_bytes((pki / "ca.der").read_bytes())
+    b, fw = start(tmp_path, broker, live_inverter, firmware, pki, ca=ca, heap="96k", romfs=True)
     ev = fw.wait_event("cloud_connected", timeout=20)
     assert ev and ev["tls"] is True, fw.output()[-2000:]
+    ca.unlink()
+    b.stop()
+    assert fw.wait_event("cloud_lost", timeout=30), fw.output()[-2000:]
+    b.start()
+    end = time.time() + 60
+    while len(fw.events("cloud_connected")) < 2 and time.time() < end and fw.proc.poll() is None:
+        time.sleep(0.2)
+    assert len(fw.events("cloud_connected")) == 2, fw.output()[-2000:]
     cloud = Cloud("localhost", b.port, DEV, tls_ca_pem=str(pki / "ca.pem"))
     try:
-        assert cloud.wait(lambda c: len(c.json("telemetry")) >= 3, timeout=20)
+        # telemetry flows on the new session (one record each telemetry_s)
+        assert cloud.wait(lambda c: len(c.json("telemetry")) >= 2, timeout=30), fw.output()[-2000:]
     finally:
         cloud.close()
     assert fw.proc.poll() is None
     assert "MemoryError" not in fw.output()
+    assert not fw.events("cloud_connect_failed") and not fw.events("tls_error")
 
 
 @pytest.mark.parametrize("what,kwargs,words", [
