@@ -238,6 +238,63 @@ print("ok")
     assert out.lines()[-1] == "ok"
 
 
+def test_romfs_deploy_to_a_board_with_a_romfs_partition(site, tmp_path):
+    """`make deploy ROMFS=1` to the simulated board given a 256 KB ROMFS
+    partition (pty_bridge --romfs-bytes: rom_ioctl over a file standing in
+    for flash): the image is written with `mpremote romfs deploy` and
+    checked by sha256, no v2g/ lands on the filesystem, and after the reset
+    the board runs the firmware from /rom. An unchanged image is not
+    rewritten; a damaged one fails verification."""
+    root, flash = tmp_path / "fs", tmp_path / "flash.bin"
+    proc, port = _start([sys.executable, "-m", "tools.pty_bridge", "--root", str(root), "--romfs-bytes", "262144",
+                         "--romfs-file", str(flash)], "READY port=")
+    try:
+        config, cfg = site()
+        res = deploy(port, config, "--romfs")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "ROMFS partition 256.0 kB" in res.stdout and "ROMFS image deployed" in res.stdout
+        image = (ROOT / "build" / "deploy" / "unix_sim" / "romfs.img").read_bytes()
+        data = flash.read_bytes()
+        assert data[:len(image)] == image
+        assert set(data[-4096:]) == {0xFF}  # the rest of the partition is still erased
+        assert not (root / "v2g").exists() and (root / "main.py").exists() and (root / "config.json").exists()
+
+        # the board was reset into main.py: the firmware it runs came from /rom
+        end, out = time.monotonic() + 20, ""
+        while time.monotonic() < end:
+            r = subprocess.run([MPREMOTE, "connect", port, "resume", "exec",
+                                "import sys\nm = sys.modules.get('v2g.app')\nprint(m and m.__file__)"],
+                               capture_output=True, text=True, timeout=30)
+            out = r.stdout.strip()
+            if out.endswith(".mpy"):
+                break
+            time.sleep(0.5)
+        assert out == "/rom/v2g/app.mpy", out
+
+        # the same build again: the flash is left alone
+        mtime = flash.stat().st_mtime_ns
+        res = deploy(port, config, "--romfs")
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "ROMFS image unchanged, not rewritten" in res.stdout
+        assert flash.stat().st_mtime_ns == mtime
+    finally:
+        _stop(proc)
+
+    # one byte of the image damaged in flash: verification names it
+    data = bytearray(flash.read_bytes())
+    data[len(image) // 2] ^= 0x01
+    flash.write_bytes(bytes(data))
+    proc, port = _start([sys.executable, "-m", "tools.pty_bridge", "--root", str(root), "--no-main",
+                         "--romfs-bytes", "262144", "--romfs-file", str(flash)], "READY port=")
+    try:
+        res = deploy(port, config, "--romfs", "--verify-only")
+        assert res.returncode == 1
+        assert failure_line(res).startswith("deploy: FAILED at verify: the board's ROMFS does not hold this "
+                                            "build's image")
+    finally:
+        _stop(proc)
+
+
 def test_another_sites_board_needs_yes(deployed, site):
     res, port, root, config, cfg = deployed
     other, _ = site("other.json", device_id="other-site")

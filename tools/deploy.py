@@ -345,12 +345,18 @@ else:
     print(repr(_d.ioctl(4, 0) * _d.ioctl(5, 0) if hasattr(_d, "ioctl") else len(_d)))
 """
 
-# the hash of the image on the board; then mounted at /rom as the board's
-# boot does (mpremote unmounts it to write), for the import self-test
+# the hash of the partition's first n bytes
 _ROMFS_HASH = """\
-import vfs, sys, hashlib, binascii
+import vfs, hashlib, binascii
 _d = vfs.rom_ioctl(2, 0)
 print(repr(binascii.hexlify(hashlib.sha256(memoryview(_d)[:{n}]).digest()).decode()))
+"""
+
+# mounted at /rom as the board's boot does (mpremote unmounts it to write),
+# for the import self-test
+_ROMFS_MOUNT = """\
+import vfs, sys
+_d = vfs.rom_ioctl(2, 0)
 try:
     vfs.umount("/rom")
 except OSError:
@@ -626,18 +632,24 @@ def write_romfs(dev, port, image):
     res = subprocess.run([str(MPREMOTE), "connect", port, "romfs", "deploy", str(image)],
                          capture_output=True, text=True, timeout=MIP_TIMEOUT_S)
     for line in (res.stdout + res.stderr).strip().splitlines():
-        say("           | " + line.split("\r")[-1])
+        line = line.split("\r")[-1]
+        if line.strip() and not line.startswith(("Writing at offset", "Preparing at offset")):  # progress
+            say("           | " + line)
     dev = Device(port)
     if res.returncode != 0:
         raise DeployError("copy", "`mpremote romfs deploy` failed")
     return dev
 
 
+def romfs_sha256(dev, image):
+    """sha256 of the board's ROMFS partition over the image's length."""
+    return dev.records(_ROMFS_HASH.format(n=Path(image).stat().st_size))[0]
+
+
 def verify_romfs(dev, image):
-    n = Path(image).stat().st_size
-    got = dev.records(_ROMFS_HASH.format(n=n))[0]
-    if got != sha256_file(image):
+    if romfs_sha256(dev, image) != sha256_file(image):
         raise DeployError("verify", "the board's ROMFS does not hold this build's image")
+    dev.records(_ROMFS_MOUNT)
 
 
 def self_test(dev, manifest, mods=None):
@@ -731,7 +743,10 @@ def _board_steps(s, args, board, summary, files, manifest, emitted):
         say(f"           {len(copied)} copied, {len(unchanged)} unchanged"
             + (f", {len(removed)} stale removed" if removed else ""))
         if args.image:
-            s.dev = write_romfs(s.dev, args.port, args.image)
+            if romfs_sha256(s.dev, args.image) == sha256_file(args.image):
+                say("           ROMFS image unchanged, not rewritten")  # flash wears
+            else:
+                s.dev = write_romfs(s.dev, args.port, args.image)
     s.step = "verify"
     verify(s.dev, manifest)
     if args.image:

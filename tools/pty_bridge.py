@@ -28,6 +28,12 @@ What makes it behave like a board rather than a process:
   reset: the board comes back in the friendly REPL and runs main.py).
 - Output with nobody attached to the line is dropped, as a UART does; the
   firmware never blocks on a console no one reads.
+- `--romfs-bytes N`: a ROMFS partition of N bytes, as a board built with
+  MICROPY_VFS_ROM has: `vfs.rom_ioctl` (what `mpremote romfs` and
+  `make deploy ROMFS=1` use) over a file that stands in for memory-mapped
+  flash (erase sets bytes to 0xFF, a write can only clear bits), and at
+  start-up an image found there is mounted at /rom with /rom and /rom/lib
+  first on sys.path, as a board's boot does.
 
 Output is passed through unchanged: the unix port prints "\\n" where a board
 prints "\\r\\n", which mpremote does not mind; a terminal may show stair steps.
@@ -82,11 +88,77 @@ def reset():
     _m.soft_reset()
 """
 
+# vfs with a ROMFS partition (--romfs-bytes). The unix port has VfsRom but no
+# rom_ioctl; `import vfs` finds this module first (sys.modules).
+_ROMFS_SHIM = """\
+# pty_bridge: vfs plus rom_ioctl over one ROMFS partition (a file here,
+# memory-mapped flash on a board); mounts an image found there at /rom.
+import sys
+from vfs import *
+
+_PATH = {path!r}
+_BLOCK = 4096  # erase block
+_MIN_WRITE = 4
+with open(_PATH, "rb") as _f:
+    _flash = bytearray(_f.read())
+
+
+def _save():
+    with open(_PATH, "wb") as f:
+        f.write(_flash)
+
+
+def rom_ioctl(op, *args):
+    if op == 1:  # number of partitions
+        return 1
+    if not args or args[0] != 0:
+        return -19  # ENODEV
+    if op == 2:  # the partition, memory-mapped
+        return memoryview(_flash)
+    if op == 3:  # erase: (id, length) from 0, or (id, offset, length)
+        off, n = (0, args[1]) if len(args) == 2 else (args[1], args[2])
+        if off < 0 or n < 0 or off % _BLOCK or off + n > len(_flash):
+            return -22  # EINVAL
+        n = (n + _BLOCK - 1) // _BLOCK * _BLOCK
+        _flash[off:off + n] = b"\\xff" * min(n, len(_flash) - off)
+        _save()
+        return _MIN_WRITE
+    if op == 4:  # write (id, offset, data): flash bits only go 1 -> 0
+        off, data = args[1], args[2]
+        if off < 0 or off + len(data) > len(_flash):
+            return -22
+        for i in range(len(data)):
+            _flash[off + i] &= data[i]
+        _save()
+        return 0
+    if op == 5:  # end of writing
+        return 0
+    if op == 6:  # erase block size
+        return _BLOCK
+    return -22
+
+
+def boot_mount():
+    if _flash[:3] != b"\\xd2\\xcd\\x31":  # no ROMFS image: boot from the filesystem
+        return
+    try:
+        mount(VfsRom(memoryview(_flash)), "/rom")
+    except OSError:
+        return  # not a valid image: the board boots from its filesystem
+    sys.path[:0] = ["/rom", "/rom/lib"]
+
+
+sys.modules["vfs"] = sys.modules[__name__]
+"""
+
 # Run by the interpreter with -i before its REPL: a board's start-up.
 _STARTUP = """\
 def _v2g_boot(names):
     import os, sys
     sys.stdout.write({mark!r})
+    if {romfs!r}:
+        import _bridge_romfs
+        _bridge_romfs.boot_mount()
     for name in names:
         try:
             os.stat(name)
@@ -162,13 +234,21 @@ class Interpreter:
 
 
 class Bridge:
-    def __init__(self, root, run_main=True, micropython=MICROPYTHON):
+    def __init__(self, root, run_main=True, micropython=MICROPYTHON, romfs_bytes=0, romfs_file=None):
         self.root = Path(root).resolve()
         self.run_main = run_main
         self.micropython = str(micropython)
         self.state_dir = Path(tempfile.mkdtemp(prefix="pty_bridge."))
         self.reset_flag = self.state_dir / "hard_reset"
         (self.state_dir / "machine.py").write_text(_MACHINE_SHIM.format(flag=str(self.reset_flag)))
+        self.romfs_bytes = romfs_bytes
+        if romfs_bytes:
+            # the flash outlives the bridge when the file is given (as it
+            # outlives a power cycle); a new or resized one starts erased
+            self.romfs_file = Path(romfs_file or self.state_dir / "romfs0.bin").resolve()
+            if not self.romfs_file.exists() or self.romfs_file.stat().st_size != romfs_bytes:
+                self.romfs_file.write_bytes(b"\xff" * romfs_bytes)
+            (self.state_dir / "_bridge_romfs.py").write_text(_ROMFS_SHIM.format(path=str(self.romfs_file)))
         # The serial line. The bridge keeps no slave fd open, so the master
         # reports POLLHUP exactly when no client has the port open.
         self.link, slave = os.openpty()
@@ -196,7 +276,7 @@ class Bridge:
 
     def start(self, friendly):
         names = ("boot.py", "main.py") if friendly and self.run_main else ("boot.py",)
-        code = _STARTUP.format(mark=READY_MARK.decode(), names=names)
+        code = _STARTUP.format(mark=READY_MARK.decode(), names=names, romfs=self.romfs_bytes > 0)
         if not friendly:
             # Back to the raw REPL, before anything the client sent meanwhile.
             self.to_interp[:0] = CTRL_A
@@ -334,13 +414,19 @@ def main(argv=None):
     p.add_argument("--link-file", help="write the serial port's path here")
     p.add_argument("--no-main", action="store_true", help="never run main.py (boot.py still runs)")
     p.add_argument("--micropython", default=str(MICROPYTHON), help="the unix port binary")
+    p.add_argument("--romfs-bytes", type=int, default=0, help="give the board a ROMFS partition this large")
+    p.add_argument("--romfs-file", help="with --romfs-bytes: the file that holds the partition (kept)")
     args = p.parse_args(argv)
 
     if not os.access(args.micropython, os.X_OK):
         print(f"pty_bridge: no MicroPython unix port at {args.micropython} (run `make setup`)", file=sys.stderr)
         return 2
     Path(args.root).mkdir(parents=True, exist_ok=True)
-    bridge = Bridge(args.root, run_main=not args.no_main, micropython=args.micropython)
+    if args.romfs_bytes < 0 or args.romfs_bytes % 4096:
+        print("pty_bridge: --romfs-bytes must be a multiple of 4096", file=sys.stderr)
+        return 2
+    bridge = Bridge(args.root, run_main=not args.no_main, micropython=args.micropython,
+                    romfs_bytes=args.romfs_bytes, romfs_file=args.romfs_file)
 
     def stop(signum, frame):
         bridge.stopping = True
