@@ -362,9 +362,8 @@ try:
 except OSError:
     pass
 vfs.mount(vfs.VfsRom(_d), "/rom")
-for _p in ("/rom/lib", "/rom"):
-    if _p not in sys.path:
-        sys.path.insert(1, _p)
+if "/rom" not in sys.path:
+    sys.path[:0] = ["/rom", "/rom/lib"]  # first, as the board's boot puts them
 """
 
 _DEVICE_ID = """\

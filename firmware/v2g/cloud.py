@@ -72,9 +72,7 @@ class CloudLink:
         c = Client(m["client_id"], self.host, self.port, m["user"], m["password"], self.keepalive_s, self.pkt)
         c.set_last_will(self.t_status, b"offline", True, 1)
         c.set_callback(self._on_message)
-        if self.tls and self.tls_ctx is None:
-            self.tls_ctx = tls_context(self.tls)  # raises what was wrong with the files
-        stream = open_stream(self.host, self.port, _TIMEOUT_S, self.tls_ctx)
+        stream = open_stream(self.host, self.port, _TIMEOUT_S, self.stream_context())
         c.open(stream, True)
         self.client = c
         c.subscribe(self.t_cmd, 1)
@@ -83,6 +81,13 @@ class CloudLink:
         self.backoff_ms = _BACKOFF_MIN_MS
         self.last_state_ms = None  # publish state right away
         self._event("cloud_connected", {"broker": self.host + ":" + str(self.port), "tls": bool(self.tls)})
+
+    def stream_context(self):
+        """The TLS context for open_stream (None without TLS), made on first
+        use if start-up could not (raises what is wrong with the files)."""
+        if self.tls and self.tls_ctx is None:
+            self.tls_ctx = tls_context(self.tls)
+        return self.tls_ctx
 
     def _drop(self, err):
         import gc

@@ -206,13 +206,12 @@ def selftest():
 
 
 def _cloud_probe(a):
-    from v2g.mqtt import Client, open_stream, tls_context
+    from v2g.mqtt import Client, open_stream
 
     m = a.cfg["mqtt"]
     t0 = time.ticks_ms()
     c = Client(m["client_id"][:17] + "-probe", a.cloud.host, a.cloud.port, m["user"], m["password"], 30)
-    ctx = a.cloud.tls_ctx or (tls_context(a.cloud.tls) if a.cloud.tls else None)
-    c.open(open_stream(a.cloud.host, a.cloud.port, 5, ctx))
+    c.open(open_stream(a.cloud.host, a.cloud.port, 5, a.cloud.stream_context()))
     ms = time.ticks_diff(time.ticks_ms(), t0)
     c.disconnect()
     return ms
