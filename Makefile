@@ -19,6 +19,7 @@ sim: $(SETUP)
 	$(PY) -m tools.sim $(SIMARGS)
 
 test: $(SETUP)
+	tools/setup_system.sh
 	$(PY) -m pytest host_tests $(PYTEST_ARGS)
 
 run: $(SETUP)

@@ -77,7 +77,7 @@ class Broker:
 
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
         if not os.path.exists(exe):
-            raise RuntimeError("mosquitto is not installed (.ci/run installs it with apt-get)")
+            raise RuntimeError("mosquitto is not installed (make test installs it: tools/setup_system.sh)")
         self.exe = exe
         s = so.socket()
         s.bind(("127.0.0.1", 0))
