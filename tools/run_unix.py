@@ -1,8 +1,15 @@
 """`make run CONFIG=FILE`: the firmware on the unix port until SIGINT/SIGTERM.
 
-The unix port has no `signal` module, so this launcher turns SIGTERM into
-SIGINT (a KeyboardInterrupt in the firmware, which stops cleanly) and passes
-the firmware's exit status through (0 on a clean stop, 2 on a bad config).
+The unix port has no `signal` module: SIGINT is its KeyboardInterrupt (a
+clean stop: 0 W, then `offline`), and SIGTERM would kill it on the spot with
+power still flowing. So the firmware runs in its own process group with
+SIGTERM ignored (a disposition exec keeps), and this launcher turns every
+SIGINT or SIGTERM it gets into exactly one SIGINT for the firmware: a
+Ctrl-C in the terminal or a SIGTERM to the whole group (timeout, systemd)
+reaches the firmware once, never a second time in the middle of its stop.
+A third signal while it stops ends it with SIGKILL (the inverter's
+reversion timer then takes it to 0 W). The firmware's exit status is passed
+through (0 on a clean stop, 2 on a bad config).
 """
 import os
 import signal
@@ -13,6 +20,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def _child_setup():
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def main(argv):
     if len(argv) != 1:
         print("usage: run_unix.py CONFIG", file=sys.stderr)
@@ -21,18 +34,34 @@ def main(argv):
     env["MICROPYPATH"] = f"{ROOT / 'firmware'}:{ROOT / 'build' / 'lib'}:.frozen"
     mp = str(ROOT / "build" / "venv" / "bin" / "micropython")
     cmd = [mp, str(ROOT / "firmware" / "main.py"), argv[0], "--boards", str(ROOT / "board_configs")]
-    proc = subprocess.Popen(cmd, env=env)
+    signals = []
+    procs = []  # the child, once started; a signal before then is kept for it
 
     def forward(signum, frame):
-        proc.send_signal(signal.SIGINT)
+        signals.append(signum)
+        if not procs:
+            return
+        if len(signals) == 1:
+            procs[0].send_signal(signal.SIGINT)
+        elif len(signals) == 3:
+            print("run_unix: forced stop (SIGKILL); the inverter's reversion timer takes it to 0 W",
+                  file=sys.stderr)
+            procs[0].kill()
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=_child_setup)
+    procs.append(proc)
+    if signals:
+        proc.send_signal(signal.SIGINT)
     while True:
         try:
-            return proc.wait()
+            rc = proc.wait()
+            break
         except InterruptedError:
             continue
+    # a signal death (kill -9) as the shell reports it
+    return 128 - rc if rc < 0 else rc
 
 
 if __name__ == "__main__":

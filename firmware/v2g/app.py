@@ -143,12 +143,27 @@ class App:
         _thread.start_new_thread(self._control_thread, ())
 
     def stop_control(self):
+        """The control thread writes 0 W at its next tick time and ends;
+        if it is hung, this thread writes the 0 W itself."""
         self.ctrl.running = False
         for _ in range(200):
             if self.control_done:
-                break
+                return
             time.sleep_ms(10)
         self.ctrl.stop_output()
+
+    def shutdown(self):
+        """A clean stop: 0 W first (it needs no network), then `offline`.
+        A second Ctrl-C or SIGINT arriving meanwhile (an impatient user, a
+        launcher forwarding the signal) must not skip a step: each step is
+        bounded and is run again if interrupted."""
+        for step in (self.stop_control, self.cloud.stop):
+            for _ in range(5):
+                try:
+                    step()
+                    break
+                except KeyboardInterrupt:
+                    pass
 
 
 def _keep_control_on_interrupt():
@@ -190,15 +205,18 @@ def main(argv=None):
         app.cloud.run()
     except KeyboardInterrupt:
         pass
-    app.cloud.stop()
     if _keep_control_on_interrupt():
+        app.cloud.stop()
         log.event("cloud_stopped", {"control": "running", "hint": "import tech; tech.status()"})
         return app
-    app.stop_control()
-    st = ctrl.tick_stats()
-    fields = ctrl.snapshot()
-    if st:
-        fields["tick_delay_ms"] = {"p50": st[0], "p99": st[1], "max": st[2], "ticks": st[3]}
-    fields["overruns"] = ctrl.overruns
-    log.event("stop", fields)
+    app.shutdown()
+    try:
+        st = ctrl.tick_stats()
+        fields = ctrl.snapshot()
+        if st:
+            fields["tick_delay_ms"] = {"p50": st[0], "p99": st[1], "max": st[2], "ticks": st[3]}
+        fields["overruns"] = ctrl.overruns
+        log.event("stop", fields)
+    except KeyboardInterrupt:
+        pass  # stopped already; only the summary line is lost
     return app

@@ -451,13 +451,17 @@ class Controller:
         except ModbusError:
             pass
 
+    def _zero(self):
+        """Kernel stopped (setpoint 0 in what state reports) and 0 W written."""
+        self.k[K.STOP] = 1
+        K.tick(self.k)
+        self.stop_output()
+
     def _internal_error(self, e):
         # A bug must not leave power flowing: stop the kernel, command 0 W,
         # report, and go on ticking (the next tick may well succeed).
         self.internal_errors += 1
-        self.k[K.STOP] = 1
-        K.tick(self.k)
-        self.stop_output()
+        self._zero()
         self._event("internal_error", {"error": type(e).__name__ + ": " + str(e), "where": where(e)})
 
     # --- loop
@@ -502,6 +506,19 @@ class Controller:
                     except KeyboardInterrupt:
                         self.interrupted = True
                     wait_us = time.ticks_diff(next_us, time.ticks_us())
+        if stop_after_ticks is None:
+            # stopped by another thread (a clean stop): 0 W from the bus's
+            # owner, at the next tick's time at the latest. A further Ctrl-C
+            # landing here must not skip it.
+            for _ in range(5):
+                try:
+                    self._zero()
+                    break
+                except KeyboardInterrupt:
+                    self.interrupted = True
+            # the last state the cloud gets says so
+            self.mode, self.reason = "idle", "stopped"
+            self.mode_seq += 1
 
     def tick_stats(self):
         """Tick start delay in ms over the last ticks: (p50, p99, max, count).
