@@ -289,6 +289,18 @@ SCHEMA = {
     "store": {
         "dir": (_str, None),  # None: the board config's store_dir
     },
+    # Wall time (v2g.timesync): a board's RTC starts at 2000-01-01, and
+    # tariff, departure and dispatch all need the real time.
+    "ntp": {
+        "server": (_str, "pool.ntp.org"),  # "host" or "host:port" (SNTP, UDP)
+        "resync_s": (_rng(_int, 60, 7 * 86400), 21600),  # RTC drift correction
+    },
+    # A board's Wi-Fi (esp32, Pico W); none: the network is up already
+    # (the unix port, or brought up by the installer's own boot.py)
+    "wifi": {
+        "ssid": (lambda p, v: _str(p, v, 32), None),
+        "password": (lambda p, v: _str(p, v, 64), None),
+    },
     "command_key": (_hex64, REQUIRED),
 }
 
