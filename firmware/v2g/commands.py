@@ -2,7 +2,7 @@
 # over to the control loop. Runs in the cloud thread.
 #
 # Order of checks: size -> JSON envelope -> signature -> body fields ->
-# replay (seq) -> expiry -> op -> args. A rejected command changes nothing;
+# replay (seq) -> op -> clock set / expiry -> args. A rejected command changes nothing;
 # an accepted one first persists the new seq (and the setting it changes),
 # then is queued for the control loop, which applies it at its next tick.
 import json
@@ -16,6 +16,7 @@ _MAX_DEPTH = const(8)  # a command is 3 levels deep; 4 KB of "[" would be 4,096 
 _MAX_ID = const(36)
 _MAX_DISPATCH_S = const(4 * 3600)
 OPS = ("dispatch", "set_reserve", "set_departure", "set_mode", "clear_fault")
+_NEED_TIME = ("dispatch",)
 MODES = ("auto", "idle", "charge_now")
 
 
@@ -92,12 +93,18 @@ class Commands:
     def _execute(self, body):
         if body["seq"] <= self.last_seq:
             raise Reject("replay", "seq %d is not larger than %d" % (body["seq"], self.last_seq))
-        now = self.clock.time()
-        if body["exp"] < now:
-            raise Reject("expired", "expired at %d, now %d" % (body["exp"], now))
         op = body["op"]
         if op not in OPS:
             raise Reject("bad_op", "unknown op " + op[:32])
+        now = self.clock.time()
+        if not self.clock.trusted():
+            # A board before SNTP answered (it boots at 2000-01-01): `exp`
+            # cannot be checked and `until` means nothing, so an op whose
+            # meaning is a time is refused; the others do not depend on it.
+            if op in _NEED_TIME:
+                raise Reject("clock_not_set", "the controller's clock is not set yet (SNTP): %s needs the time" % op)
+        elif body["exp"] < now:
+            raise Reject("expired", "expired at %d, now %d" % (body["exp"], now))
         action, detail, setting = getattr(self, "_op_" + op)(body["args"], now)
         # persist before acting: a seq that was acted on is never accepted again
         self.last_seq = body["seq"]
