@@ -185,7 +185,7 @@ cfg = config.load('examples/site.json')
 c = Controller(cfg, Clock(), NoInverter())
 c.apply_settings({"reserve_pct": "lots", "departure": [450], "mode": "turbo", "dispatch": None})
 c.apply_settings({"reserve_pct": 40, "mode": "idle"})
-print(json.dumps([[e["key"] for e in c.events.take()], c.reserve_pct(), c.user_mode]))
+print(json.dumps([[e["key"] for e in c.events.take() if e["ev"] == "settings_ignored"], c.reserve_pct(), c.user_mode]))
 """)
     keys, reserve, mode = res.json()
     assert sorted(keys) == ["departure", "dispatch", "mode", "reserve_pct"]
@@ -197,9 +197,11 @@ def test_telemetry_ring_leaves_no_garbage_in_the_control_thread_and_keeps_order(
     # ints allocated once: put() leaves no garbage (heap use is the same
     # after 1,000 samples; the call's own frame is freed on return), None
     # survives the round trip, units become CONTRACT units on the way
-    # out, and when full the oldest go and are counted.
+    # out (ts: seconds since the firmware's epoch in, unix s out; None
+    # while the clock is not set), and when full the oldest go and are counted.
     out = mpy("""
 import gc, json
+from v2g.clock import FW_EPOCH_UNIX
 from v2g.control import SampleRing
 r = SampleRing(4)
 r.put(0, 0, 0, 0, 0, 0)
@@ -208,14 +210,14 @@ i = grown = before = 0  # globals made before measuring (a new one can grow the 
 gc.collect()
 before = gc.mem_alloc()
 while i < 1000:  # (a for loop's range iterator would be garbage itself)
-    r.put(1781452800 + i, 4512, -3000, 50012, 1000, 7)
+    r.put(1781452800 - FW_EPOCH_UNIX + i, 4512, -3000, 50012, 1000, 7)
     i += 1
 grown = gc.mem_alloc() - before
 while r.pop():
     pass
 r.dropped = 0
 for i in range(6):
-    r.put(1781452800 + i, 4512 + i, -3000 - i, 50012, None if i == 5 else 1000 + i, 7)
+    r.put(1781452800 - FW_EPOCH_UNIX + i, 4512 + i, -3000 - i, 50012, None if i == 5 else 1000 + i, 7)
 recs = []
 while True:
     x = r.pop()
@@ -223,7 +225,7 @@ while True:
         break
     recs.append(x)
 print(json.dumps({"dropped": r.dropped, "recs": recs, "grown": grown}))
-r.put(5, None, None, None, None, None)
+r.put(None, None, None, None, None, None)
 print(json.dumps(r.pop()))
 """)
     got = json.loads(out.lines()[-2])
@@ -233,7 +235,7 @@ print(json.dumps(r.pop()))
     first = got["recs"][0]
     assert first == {"ts": 1781452802, "soc_pct": 45.14, "ev_w": -3002, "grid_hz": 50.012, "wh_in": 1002, "wh_out": 7}
     assert got["recs"][-1]["wh_in"] is None
-    assert json.loads(out.lines()[-1]) == {"ts": 5, "soc_pct": None, "ev_w": None, "grid_hz": None,
+    assert json.loads(out.lines()[-1]) == {"ts": None, "soc_pct": None, "ev_w": None, "grid_hz": None,
                                           "wh_in": None, "wh_out": None}
 
 

@@ -128,6 +128,9 @@ class App:
         self.outbox = Outbox(store_dir, cfg["mqtt"]["outbox_records"])
         self.commands = Commands(cfg, clock, store_dir, self.ctrl)
         self.cloud = CloudLink(cfg, clock, self.ctrl, self.outbox, self.commands, tls_ctx)
+        from v2g.timesync import TimeSync
+
+        self.cloud.timesync = TimeSync(cfg, clock)
         self.control_done = False
 
     def _control_thread(self):
@@ -166,6 +169,16 @@ class App:
                     pass
 
 
+def _wifi_up(cfg):
+    from v2g.board import wifi_up
+
+    try:
+        wifi_up(cfg)
+    except (ImportError, OSError) as e:
+        # no Wi-Fi on this port, or the radio refused: the link retries
+        log.event("wifi_error", {"error": type(e).__name__ + ": " + str(e)})
+
+
 def _keep_control_on_interrupt():
     if sys.platform in ("esp32", "rp2"):
         return True
@@ -202,6 +215,7 @@ def main(argv=None):
                         "period_ms": ctrl.period_ms, "warp": clock.warp})
     app.start_control()
     try:
+        _wifi_up(cfg)
         app.cloud.run()
     except KeyboardInterrupt:
         pass

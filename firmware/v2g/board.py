@@ -40,3 +40,19 @@ def watchdog(board):
     import machine
 
     return machine.WDT(timeout=ms)
+
+
+def wifi_up(cfg):
+    """Start joining the configured Wi-Fi (esp32, Pico W) without waiting:
+    the cloud link and SNTP retry until it is up. None without wifi.ssid
+    (the unix port, or a network the installer's boot.py brings up)."""
+    w = cfg["wifi"]
+    if not w["ssid"]:
+        return None
+    import network
+
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if not wlan.isconnected():
+        wlan.connect(w["ssid"], w["password"] or "")
+    return wlan

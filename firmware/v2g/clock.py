@@ -1,11 +1,22 @@
 # One clock for control, plan and reports: monotonic ticks and wall time.
 #
-# On a board, ticks are time.ticks_ms() and wall time is the RTC (set by NTP).
+# On a board, ticks are time.ticks_ms() and wall time is the RTC, which
+# nothing sets until SNTP answers (v2g.timesync, run by the cloud thread
+# once the network is up): a board boots at 2000-01-01. Until the wall time
+# is trusted, nothing that needs it runs (no saved dispatch, no dispatch
+# command, no tariff plan: the controller only charges toward the
+# departure target and never exports).
 # On the unix port a warped clock runs faster than real time, so a simulated
 # day takes a minute; the simulator (tools/sim/clock.py) evaluates the same
 # formula from the same parameters, so both processes agree on "now":
 #     sim_ms = sim_epoch_ms + (real_ms - real_epoch_ms) * warp
 # The parameters come as "warp,real_epoch_ms,sim_epoch_ms" (env V2G_CLOCK).
+#
+# Unix seconds do not fit the boards' 31-bit small ints (2**30 s is in
+# 2004): every time() there allocates a big int. So the control loop keeps
+# time as seconds since FW_EPOCH_UNIX (2026-01-01 UTC; small until 2060)
+# derived from ticks, reads the wall clock only every few seconds to follow
+# it, and converts to unix seconds only at the edges (records, commands).
 #
 # Transport timeouts (Modbus, sockets) stay in real time: they are physics.
 import time
@@ -14,6 +25,10 @@ import time
 _EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
 # time.ticks_* work modulo a port-specific period; keep warped ticks in it.
 _TICKS_MASK = time.ticks_add(0, -1)
+# The firmware's own epoch, a UTC midnight (local_minute works on it as on
+# unix seconds) and a date this firmware cannot run before: a wall clock
+# earlier than it has not been set.
+FW_EPOCH_UNIX = 1767225600
 
 
 class Clock:
@@ -30,9 +45,37 @@ class Clock:
     def ticks_add(self, a, b):
         return time.ticks_add(a, b)
 
+    wall_set_s = 0  # correction from SNTP, s (on the unix port the OS clock can't be set)
+    wall_reads = 0  # time() calls: each is a big int on a 32-bit board
+
+    def _raw_s(self):
+        return int(time.time()) + _EPOCH_OFFSET_S
+
     def time(self):
         """Wall time, unix seconds (int)."""
-        return int(time.time()) + _EPOCH_OFFSET_S
+        self.wall_reads += 1
+        return self._raw_s() + self.wall_set_s
+
+    def trusted(self):
+        """Is the wall time known (set by the OS, the RTC or SNTP)?"""
+        return self.time() >= FW_EPOCH_UNIX
+
+    def set_wall(self, unix_s):
+        """Wall time from SNTP: the RTC on a board (it survives a soft
+        reset), an offset on the unix port. Returns the step in s."""
+        step = unix_s - self.time()
+        try:
+            import machine
+
+            tm = time.gmtime(unix_s - _EPOCH_OFFSET_S)
+            machine.RTC().datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], 0))
+            step_left = unix_s - self.time()
+            if -2 <= step_left <= 2:
+                return step
+        except (ImportError, AttributeError, OSError):
+            pass
+        self.wall_set_s += unix_s - self.time()
+        return step
 
     def sleep_ms(self, ms):
         if ms > 0:
@@ -56,8 +99,14 @@ class WarpClock(Clock):
     def ticks_ms(self):
         return self._sim_ms() & _TICKS_MASK
 
-    def time(self):
+    def _raw_s(self):
         return self._sim_ms() // 1000
+
+    def set_wall(self, unix_s):
+        # simulated time: an offset, like the unix port's OS clock
+        step = unix_s - self.time()
+        self.wall_set_s += step
+        return step
 
     def sleep_ms(self, ms):
         if ms > 0:

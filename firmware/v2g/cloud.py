@@ -64,6 +64,7 @@ class CloudLink:
         self.pending_events = []
         self.last_error = None
         self.running = False
+        self.timesync = None  # a v2g.timesync.TimeSync (set by the app)
 
     # --- connection
 
@@ -199,11 +200,21 @@ class CloudLink:
         if time.ticks_diff(now, c.last_tx_ms) >= ka_ms // 2:
             c.ping()
 
+    def _sync_time(self):
+        # bounded (one UDP exchange, 2 s); the control loop sees the clock
+        # step at its next wall check and replans (clock_set / clock_jump)
+        got = self.timesync.step()
+        if got is not None:
+            ts = self.timesync
+            log.event("sntp", {"server": ts.host + ":" + str(ts.port), "was": got[0], "step_s": got[1]})
+
     # --- loop
 
     def step(self):
         """One pass: never blocks longer than the socket timeout."""
         self._collect()
+        if self.timesync is not None:
+            self._sync_time()
         if not self.connected:
             if time.ticks_diff(time.ticks_ms(), self.next_try_ms) < 0:
                 return

@@ -293,7 +293,7 @@ SCHEMA = {
     # tariff, departure and dispatch all need the real time.
     "ntp": {
         "server": (_str, "pool.ntp.org"),  # "host" or "host:port" (SNTP, UDP)
-        "resync_s": (_rng(_int, 60, 7 * 86400), 21600),  # RTC drift correction
+        "resync_s": (_rng(_int, 60, 5 * 86400), 21600),  # RTC drift; < half the ticks period
     },
     # A board's Wi-Fi (esp32, Pico W); none: the network is up already
     # (the unix port, or brought up by the installer's own boot.py)

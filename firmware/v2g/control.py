@@ -14,13 +14,16 @@ from micropython import const
 
 from v2g import kernel as K
 from v2g import log
-from v2g.clock import Clock
+from v2g.clock import FW_EPOCH_UNIX, Clock
 from v2g.guard import FAULT, HOLD, RUN, Guard, Meas
 from v2g.modbus import ModbusError
 from v2g.plan import Plan
 
 _SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan's basis
 _JITTER_RING = const(256)  # last tick start delays kept for p50/p99/max (51 s at 200 ms)
+_WALL_CHECK_S = const(5)  # how often the loop reads the wall clock to follow it
+_WALL_JUMP_S = const(2)  # a wall step larger than this is a jump: replan
+_MAX_DISPATCH_S = const(4 * 3600)
 
 
 def _user_mode(v):
@@ -70,9 +73,6 @@ class Mailbox:
 
 _TM_FIELDS = const(6)  # ts, soc_cpct, ev_w, hz_mhz, wh_in, wh_out
 _TM_NONE = const(-0x3FFFFFFF)  # "not read": a small int on every port
-# ts is kept as seconds from 2026-01-01 UTC, so that every field fits 32
-# bits (half the RAM of 64-bit slots) until 2094
-_TM_TS_BASE = const(1767225600)
 
 
 def int_array(n):
@@ -97,7 +97,9 @@ class SampleRing:
         self.dropped = 0
         self.lock = _thread.allocate_lock()
 
-    def put(self, ts, soc_cpct, ev_w, hz_mhz, wh_in, wh_out):
+    def put(self, fw_s, soc_cpct, ev_w, hz_mhz, wh_in, wh_out):
+        """fw_s: seconds since FW_EPOCH_UNIX (every field fits 32 bits, half
+        the RAM of 64-bit slots, until 2094), None while the clock is unset."""
         with self.lock:
             if self.n == self.size:
                 self.first = (self.first + 1) % self.size
@@ -105,7 +107,7 @@ class SampleRing:
                 self.dropped += 1
             i = (self.first + self.n) % self.size * _TM_FIELDS
             b = self.buf
-            b[i] = ts - _TM_TS_BASE
+            b[i] = _TM_NONE if fw_s is None else fw_s
             b[i + 1] = _TM_NONE if soc_cpct is None else soc_cpct
             b[i + 2] = _TM_NONE if ev_w is None else ev_w
             b[i + 3] = _TM_NONE if hz_mhz is None else hz_mhz
@@ -120,10 +122,9 @@ class SampleRing:
                 return None
             i = self.first * _TM_FIELDS
             v = [None if x == _TM_NONE else x for x in self.buf[i:i + _TM_FIELDS]]
-            v[0] = self.buf[i]  # a time, never "not read"
             self.first = (self.first + 1) % self.size
             self.n -= 1
-        return {"ts": v[0] + _TM_TS_BASE, "soc_pct": None if v[1] is None else v[1] / 100, "ev_w": v[2],
+        return {"ts": None if v[0] is None else v[0] + FW_EPOCH_UNIX, "soc_pct": None if v[1] is None else v[1] / 100, "ev_w": v[2],
                 "grid_hz": None if v[3] is None else v[3] / 1000, "wh_in": v[4], "wh_out": v[5]}
 
 
@@ -173,9 +174,22 @@ class Controller:
         self.events = Mailbox(64)
         self.mode_seq = 0  # bumps on every mode change (the cloud republishes state)
         self.user_mode = "auto"
-        self.dispatch = None  # (ev_w, until unix s)
+        self.dispatch = None  # (ev_w, until unix s, lapses at mono_s, until fw_s)
         self.telemetry_s = cfg["mqtt"]["telemetry_s"]
-        self.next_telemetry_s = 0
+        # Time (see v2g.clock): mono_s counts seconds since start from the
+        # ticks, never steps; now_fw_s is the wall time as seconds since
+        # FW_EPOCH_UNIX, followed from mono_s and the wall clock read every
+        # _WALL_CHECK_S, or None while the wall clock is not set. Lapses and
+        # periods run on mono_s, so a wall clock stepping back cannot stretch
+        # a dispatch or stop telemetry; tariff and departure use now_fw_s.
+        self.mono_s = 0
+        self._mono_rem_ms = 0
+        self._last_ms = None
+        self._next_wall_check_s = 0
+        self._wall_off_s = None  # now_fw_s - mono_s
+        self.now_fw_s = None
+        self.clock_jumps = 0
+        self.next_telemetry_s = 0  # mono_s
         self.running = False
         # Ctrl-C / SIGINT is for the main thread, which decides what stops;
         # when this thread happens to receive it, it is handed over here and
@@ -185,6 +199,7 @@ class Controller:
         self.jitter_us = int_array(_JITTER_RING)
         self._last_fault_rec = None
         self.jitter_n = 0
+        self._follow_time(clock.ticks_ms())  # a saved dispatch is checked against it
 
     # --- settings changed remotely or at the REPL (persisted by the caller)
 
@@ -229,7 +244,7 @@ class Controller:
     def _do(self, action):
         op = action[0]
         if op == "dispatch":
-            self.dispatch = (action[1], action[2])
+            return self._set_dispatch(action[1], action[2])
         elif op == "set_reserve":
             self.guard.set_reserve(action[1])
             self.plan.reserve_pct = action[1]
@@ -256,6 +271,56 @@ class Controller:
             return read_point(self.inv, action[1])
         else:
             raise ValueError("unknown action " + str(op))
+
+    def _set_dispatch(self, ev_w, until_unix):
+        """A dispatch runs only on a trusted clock and at most 4 h from now
+        (a saved one at boot is checked like a new command). It lapses at
+        `until` or after its length in monotonic time, whichever is first."""
+        now = self.now_fw_s
+        why = None
+        if now is None:
+            why = "clock_not_set"
+        else:
+            left_s = until_unix - FW_EPOCH_UNIX - now
+            if not 0 < left_s <= _MAX_DISPATCH_S:
+                why = "until not in the next 4 h"
+        if why:
+            self._event("dispatch_dropped", {"until": until_unix, "why": why})
+            return why
+        self.dispatch = (ev_w, until_unix, self.mono_s + left_s, now + left_s)
+        return None
+
+    def _follow_time(self, now_ms):
+        """Advance mono_s from the ticks; every _WALL_CHECK_S follow the
+        wall clock, and on a step (SNTP, a technician, an RTC reset) tell
+        the cloud and replan. Small ints only, except the one wall read."""
+        if self._last_ms is not None:
+            r = self._mono_rem_ms + self.clock.ticks_diff(now_ms, self._last_ms)
+            if r >= 1000:
+                self.mono_s += r // 1000
+                r %= 1000
+            self._mono_rem_ms = r
+        self._last_ms = now_ms
+        if self.mono_s >= self._next_wall_check_s:
+            self._next_wall_check_s = self.mono_s + _WALL_CHECK_S
+            t = self.clock.time()
+            if t < FW_EPOCH_UNIX:
+                if self._wall_off_s is not None:
+                    self._event("clock_lost", {"wall": t})
+                    self.plan.computed_at = None
+                self._wall_off_s = None
+            else:
+                off = t - FW_EPOCH_UNIX - self.mono_s
+                was = self._wall_off_s
+                if was is None or not -_WALL_JUMP_S <= off - was <= _WALL_JUMP_S:
+                    if was is not None:
+                        self.clock_jumps += 1
+                    self._event("clock_set" if was is None else "clock_jump",
+                                {"by_s": None if was is None else off - was})
+                    self.plan.computed_at = None  # replan on the new time
+                self._wall_off_s = off
+        off = self._wall_off_s
+        self.now_fw_s = None if off is None else self.mono_s + off
 
     def soc_pct(self):
         soc = self.guard.soc_cpct
@@ -320,14 +385,14 @@ class Controller:
 
     def _request(self, now_s):
         """What to ask the kernel for, in priority order: the owner's
-        idle/charge_now, a cloud dispatch, the plan."""
+        idle/charge_now, a cloud dispatch, the plan. now_s: now_fw_s."""
         if self.user_mode == "idle":
             return 0, "mode_idle", None
         if self.user_mode == "charge_now":
             return self.cfg["limits"]["charge_w"], "charge_now", self.plan.target_pct()
         d = self.dispatch
         if d is not None:
-            if now_s < d[1]:
+            if now_s is not None and now_s < d[3] and self.mono_s < d[2]:
                 return d[0], "dispatch", None
             self.dispatch = None
             self._event("dispatch_lapsed", {"until": d[1]})
@@ -337,6 +402,10 @@ class Controller:
         soc = self.guard.soc_cpct
         if soc is None:
             return 0, "soc_unknown", None
+        if now_s is None:
+            # No wall time: no tariff, no departure time. What is safe
+            # without them: charge toward the departure target, never export.
+            return self.cfg["limits"]["charge_w"], "clock_not_set", self.plan.target_pct()
         drift = self.plan_soc_cpct is None or abs(soc - self.plan_soc_cpct) >= _SOC_REPLAN_CPCT
         if drift or self.plan.due(now_s):
             self.plan.recompute(soc / 100, now_s)
@@ -348,7 +417,8 @@ class Controller:
     def tick(self):
         self.tick_no += 1
         now_ms = self.clock.ticks_ms()
-        now_s = self.clock.time()
+        self._follow_time(now_ms)
+        now_s = self.now_fw_s
         for action in self.inbox.take():
             self._apply(action)
             self.actions_applied += 1
@@ -384,8 +454,9 @@ class Controller:
         self._set_mode(g, req_w, why)
         if self.link_ok:
             self._southbound_write(sp, now_ms)
-        if now_s >= self.next_telemetry_s:
-            self.next_telemetry_s = now_s - now_s % self.telemetry_s + self.telemetry_s
+        mono = self.mono_s
+        if mono >= self.next_telemetry_s:
+            self.next_telemetry_s = mono - mono % self.telemetry_s + self.telemetry_s
             g, m = self.guard, self.meas
             self.telemetry.put(now_s, g.soc_cpct, g.ev_w, g.hz_mhz,
                                getattr(m, "wh_in", None), getattr(m, "wh_out", None))
@@ -425,8 +496,10 @@ class Controller:
         g = self.guard
         m = self.meas
         soc = g.soc_cpct
+        now = self.now_fw_s
         snap = {
-            "ts": self.clock.time(),
+            "ts": None if now is None else now + FW_EPOCH_UNIX,
+            "clock_set": now is not None,
             "mode": self.mode,
             "soc_pct": None if soc is None else soc / 100,
             "ev_w": g.ev_w,

@@ -231,7 +231,8 @@ class Plan:
     # --- output
 
     def due(self, now):
-        return self.computed_at is None or now - self.computed_at >= self.replan_s
+        # a clock that went back (now before computed_at) replans too
+        return self.computed_at is None or not 0 <= now - self.computed_at < self.replan_s
 
     def request(self, now=None):
         """(ev_w, reason, ceiling_pct or None) for this moment."""
