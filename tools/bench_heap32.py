@@ -10,6 +10,9 @@ loads at start. Figures (heap bytes in use after a collection):
 
     code_ram_kb_32bit, code_ram_kb_64bit, code_ram_ratio_32_vs_64
 
+and what a control tick allocates there (TICK below): tick_alloc_bytes_*,
+wall_reads_per_tick, wall_read_alloc_bytes_* (one clock.time()).
+
 The wasm port has no _thread, socket or ssl: tiny stand-ins are imported
 before the baseline, so they are not counted. The day-long heap search
 (min_heap_kb_*) runs only on the 64-bit unix port.
@@ -64,6 +67,75 @@ print('RESULT ' + json.dumps({'code': gc.mem_alloc() - base}))
 """.replace("MODULES", repr(MODULES))
 
 
+# The control tick on 32-bit, where a unix time does not fit a small int
+# (31 bits: 2**30 s is in 2004) and so every clock.time() is a heap
+# allocation. A board-like clock (ticks advanced one period per tick, the wall
+# clock with them) and an inverter stub that reads fixed values; gc disabled, so
+# mem_alloc's growth is every byte allocated. Ten minutes of 200 ms ticks,
+# with a replan every 60 s as the firmware does.
+TICK = r"""
+import gc, json, time
+from v2g import config, log
+log.quiet = True
+from v2g.clock import Clock
+from v2g.control import Controller
+
+class BoardClock(Clock):
+    # the wall clock moves with the ticks (no jumps); a unix time as a board's
+    # RTC gives it: a big int on 32-bit
+    ms = 0
+    t0 = int(time.time())
+    def _raw_s(self):
+        return self.t0 + self.ms // 1000
+    def ticks_ms(self):
+        return self.ms
+    def ticks_diff(self, a, b):
+        return a - b
+
+class FixedInverter:
+    ready = True
+    inverter_droop = False
+    last_wset = None
+    def refresh(self, m, tick):
+        m.soc_cpct = 5000
+        m.soc_tick = m.ev_tick = m.hz_tick = tick
+        m.ev_w = self.last_wset or 0
+        m.hz_mhz = 50000
+        m.inv_fault = None
+    def write_setpoint(self, w):
+        self.last_wset = w
+    def heartbeat(self, n):
+        pass
+
+cfg = config.load(CONFIG)
+clk = BoardClock()
+c = Controller(cfg, clk, FixedInverter())
+n = 3000
+for i in range(50):  # settle: first plan, first mode change
+    clk.ms += c.period_ms
+    c.tick()
+c.events.take()
+while c.telemetry.pop():
+    pass
+gc.collect()
+gc.disable()
+reads0 = clk.wall_reads
+a0 = gc.mem_alloc()
+i = 0
+while i < n:
+    clk.ms += c.period_ms
+    c.tick()
+    i += 1
+tick_bytes = gc.mem_alloc() - a0
+reads = clk.wall_reads - reads0
+a0 = gc.mem_alloc()
+t = clk.time()
+time_bytes = gc.mem_alloc() - a0
+gc.enable()
+print('RESULT ' + json.dumps({'ticks': n, 'tick_bytes': tick_bytes, 'wall_reads': reads, 'time_bytes': time_bytes}))
+"""
+
+
 def _bytecode_source(src):
     # viper needs a native arch; the bytecode twin is the same function
     return "".join(line for line in src.splitlines(keepends=True) if line.strip() != "@micropython.viper")
@@ -81,6 +153,7 @@ def stage():
         dst = STAGE / "fs" / rel.with_suffix(".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([str(MPY_CROSS), "-o", str(dst), "-s", str(rel), str(tmp)], check=True)
+    shutil.copy(ROOT / "examples" / "site.json", STAGE / "fs" / "site.json")
     lib = ROOT / "build" / "lib" / "umqtt" / "simple.py"
     (STAGE / "fs" / "umqtt").mkdir(parents=True)
     subprocess.run([str(MPY_CROSS), "-o", str(STAGE / "fs" / "umqtt" / "simple.mpy"), str(lib)], check=True)
@@ -90,10 +163,11 @@ def stage():
         (stubs / name).write_text(text)
 
 
-def run_64():
+def run_64(code=MEASURE):
     root = STAGE / "fs"
     env = {"MICROPYPATH": f"{root}:{STAGE / 'stubs'}:.frozen", "PATH": "/usr/bin:/bin"}
-    res = subprocess.run([str(MICROPYTHON), "-c", MEASURE], capture_output=True, text=True, env=env, timeout=60)
+    code = code.replace("CONFIG", repr(str(root / "site.json")))
+    res = subprocess.run([str(MICROPYTHON), "-c", code], capture_output=True, text=True, env=env, timeout=120)
     return _result(res.stdout + res.stderr)
 
 
@@ -117,7 +191,7 @@ mp.runPython("import sys\nsys.path.insert(0, '/heap32/stubs')\nsys.path.insert(0
 """
 
 
-def run_32():
+def run_32(code=MEASURE):
     node = shutil.which("node")
     if not node:
         raise RuntimeError("node is not installed")
@@ -127,7 +201,8 @@ def run_32():
                        capture_output=True, timeout=300)
     script = NODE_DIR / "heap32.mjs"
     script.write_text(NODE_SCRIPT)
-    res = subprocess.run([node, str(script), str(STAGE), MEASURE], capture_output=True, text=True, timeout=120,
+    code = code.replace("CONFIG", repr("/heap32/fs/site.json"))
+    res = subprocess.run([node, str(script), str(STAGE), code], capture_output=True, text=True, timeout=300,
                          cwd=str(NODE_DIR))
     return _result(res.stdout + res.stderr)
 
@@ -152,6 +227,19 @@ def run(results):
     results["code_ram_ratio_32_vs_64"] = round(r32["code"] / r64["code"], 3)
     print(f"  the firmware's loaded modules: {r32['code'] / 1024:.1f} KB on 32-bit wasm vs "
           f"{r64['code'] / 1024:.1f} KB on the 64-bit unix port (ratio {r32['code'] / r64['code']:.2f})")
+    t64, t32 = run_64(TICK), run_32(TICK)
+    n = t32["ticks"]
+    results["tick_alloc_bytes_32bit"] = round(t32["tick_bytes"] / n, 1)
+    results["tick_alloc_bytes_64bit"] = round(t64["tick_bytes"] / n, 1)
+    results["wall_reads_per_tick"] = round(t32["wall_reads"] / n, 4)
+    results["wall_read_alloc_bytes_32bit"] = t32["time_bytes"]
+    results["wall_read_alloc_bytes_64bit"] = t64["time_bytes"]
+    # what reading the wall clock every tick (as before) would add on 32-bit
+    results["tick_alloc_ratio_vs_wall_read_per_tick_32bit"] = round(
+        t32["tick_bytes"] / max(1, t32["tick_bytes"] + (n - t32["wall_reads"]) * t32["time_bytes"]), 3)
+    print(f"  control tick: {t32['tick_bytes'] / n:.1f} B allocated per tick on 32-bit "
+          f"({t64['tick_bytes'] / n:.1f} on 64-bit), a wall-clock read every {n / max(1, t32['wall_reads']):.0f} "
+          f"ticks, each {t32['time_bytes']} B on 32-bit ({t64['time_bytes']} on 64-bit)")
 
 
 def main():
