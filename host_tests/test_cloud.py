@@ -102,11 +102,12 @@ def test_dispatch_below_reserve_is_limited_and_reserve_holds(site):
     assert abs(s.inv.inv.ev_w) < 50
 
 
-@pytest.mark.parametrize("case,code", [
-    ("not_json", "bad_payload"), ("no_sig", "bad_payload"), ("bad_sig", "bad_sig"),
-    ("replay", "replay"), ("expired", "expired"), ("bad_op", "bad_op"), ("bad_args", "bad_args"),
-    ("too_large", "bad_payload"), ("missing_field", "bad_payload")])
-def test_every_error_code(site, case, code):
+@pytest.mark.parametrize("case,code,cid", [
+    ("not_json", "bad_payload", None), ("no_sig", "bad_payload", None), ("bad_sig", "bad_sig", "x"),
+    ("replay", "replay", "x"), ("expired", "expired", "x"), ("bad_op", "bad_op", "x"), ("bad_args", "bad_args", "x"),
+    ("too_large", "bad_payload", None), ("missing_field", "bad_payload", "x"), ("duplicate_key", "bad_payload", "x"),
+    ("float_seq", "bad_payload", "x"), ("seq_beyond_2**53", "bad_payload", "x")])
+def test_every_error_code(site, case, code, cid):
     s = site()
     assert s.cloud.wait(lambda c: b"online" in c.topic("status"))
     assert send(s, "set_reserve", {"pct": 35}, 10)["ok"] is True
@@ -128,6 +129,14 @@ def test_every_error_code(site, case, code):
         payload = command(KEY, "set_reserve", {"pct": 95}, 11, t + 600, "x")
     elif case == "too_large":
         payload = command(KEY, "set_reserve", {"pct": 40, "pad": "x" * 200_000}, 11, t + 600, "x")
+    elif case == "duplicate_key":
+        b = json.dumps(body)[:-1] + ', "args": {"pct": 45}}'
+        from tools.cloud_client import sign
+        payload = json.dumps({"body": b, "sig": sign(KEY, b)}).encode()
+    elif case == "float_seq":
+        payload = command(KEY, "set_reserve", {"pct": 40}, 11.0, t + 600, "x")
+    elif case == "seq_beyond_2**53":
+        payload = command(KEY, "set_reserve", {"pct": 40}, 2**53, t + 600, "x")
     else:
         body.pop("exp")
         b = json.dumps(body)
@@ -136,6 +145,8 @@ def test_every_error_code(site, case, code):
     s.cloud.send(payload)
     got = s.cloud.wait(lambda c: [r for r in c.json("cmd/result") if r.get("error")], timeout=10)
     assert got and got[-1]["ok"] is False and got[-1]["error"] == code, got
+    # the cloud can tell which of its commands was refused
+    assert got[-1]["id"] == cid, got
     # nothing changed: the reserve is still 35 and seq 11 is still free
     assert send(s, "set_departure", {"time": "07:30", "soc_pct": 80}, 11)["ok"] is True
     st = s.cloud.wait(lambda c: [x for x in c.json("state") if x["reserve_pct"] == 35.0])
@@ -183,3 +194,81 @@ def test_telemetry_survives_a_broker_outage(site):
     assert ts == sorted(ts) and ts[-1] - ts[0] >= 50  # the outage is covered
     for r in recs[:3]:
         assert set(r) >= {"seq", "ts", "soc_pct", "ev_w", "grid_hz", "wh_in", "wh_out"}
+
+
+def test_a_flood_of_commands_is_bounded_before_acceptance_and_loses_no_accepted_one(site):
+    # one tick every 5 s: the burst reaches the firmware between two ticks
+    s = site(soc_pct=85, control__period_ms=5000)
+    assert s.cloud.wait(lambda c: b"online" in c.topic("status"))
+    t = now_sim(s)
+    ids = ["d"] + [f"r{i}" for i in range(1, 40)]
+    # the dispatch first (the oldest in the inbox), then 39 reserves, each another value
+    payloads = [command(KEY, "dispatch", {"ev_w": -3000, "until": t + 1800}, 1, t + 600, "d")]
+    payloads += [command(KEY, "set_reserve", {"pct": 30 + i}, 1 + i, t + 600, f"r{i}") for i in range(1, 40)]
+    for p in payloads:  # back to back
+        s.cloud.c.publish(s.cloud.root + "cmd", p, qos=1)
+    assert s.cloud.wait(lambda c: len({r["id"] for r in c.json("cmd/result")}) >= 40, timeout=30)
+    res = {r["id"]: r for r in s.cloud.json("cmd/result")}
+    assert sorted(res) == sorted(ids)
+    ok = [i for i in ids if res[i]["ok"]]
+    busy = [i for i in ids if res[i]["error"] == "busy"]
+    assert len(ok) + len(busy) == 40, res
+    assert ok[0] == "d" and busy  # 16 fit in the inbox before the next tick
+    last = 30 + max(int(i[1:]) for i in ok[1:])
+    # every accepted one was applied: the dispatch runs and the last reserve accepted holds
+    st = s.cloud.wait(lambda c: [x for x in c.json("state") if x["reason"] == "dispatch" and x["reserve_pct"] == last],
+                      timeout=20)
+    assert st, (last, s.cloud.json("state")[-3:])
+    settings = json.loads((s.tmp / "store" / "settings.json").read_text())
+    assert settings["reserve_pct"] == last and settings["dispatch"][0] == -3000
+    assert json.loads((s.tmp / "store" / "cmd_seq.json").read_text())["seq"] == 1 + int(ok[-1][1:])
+
+
+def test_a_second_client_with_our_client_id_is_backed_off_and_reported_once(site):
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    s = site()
+    assert s.cloud.wait(lambda c: b"online" in c.topic("status")) and s.fw.wait_event("cloud_connected")
+    n0 = len(s.fw.events("cloud_connected"))
+    client_id = s.cfg["mqtt"].get("client_id") or DEV
+    sessions = []  # the clone's sessions: (connected, kicked out) wall times
+
+    def clone(kicks):
+        """A cloned board: connects with our client id, and whenever the
+        broker closes it (the firmware connected) connects again at once."""
+        for _ in range(kicks):
+            t, down = {}, threading.Event()
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+            c.on_connect = lambda *a: t.setdefault("up", time.time())
+            c.on_disconnect = lambda *a: (t.setdefault("down", time.time()), down.set())
+            c.reconnect_delay_set(60, 120)  # paho's own reconnect stays out of it
+            c.connect("127.0.0.1", s.broker.port, 30)
+            c.loop_start()
+            kicked = down.wait(40)
+            c.loop_stop()
+            sessions.append((t.get("up"), t.get("down")))
+            if not kicked:
+                return
+            time.sleep(0.1)
+
+    th = threading.Thread(target=clone, args=(4,))
+    th.start()
+    th.join(90)
+    assert len(sessions) == 4 and all(d for _, d in sessions), sessions
+    # four sessions lost, four reconnects, each after a longer wait: the
+    # backoff was not reset by the connects in between
+    assert len(s.fw.events("cloud_connected")) == n0 + 4
+    lost = s.fw.events("cloud_lost")[-4:]
+    waits = [e["retry_in_ms"] for e in lost]
+    assert waits == sorted(waits) and len(set(waits)) == 4 and waits[-1] >= 4000, waits
+    for (up, down), w in zip(sessions, waits):
+        assert down - up >= w / 1000 - 0.1, (sessions, waits)  # the firmware really waited that long
+    # one event for the whole storm, logged and published
+    taken = s.fw.events("session_taken_over")
+    assert len(taken) == 1 and taken[0]["flaps"] == 2 and taken[0]["client_id"] == client_id, taken
+    assert s.cloud.wait(lambda c: [e for e in c.json("event") if e.get("ev") == "session_taken_over"], timeout=20)
+    assert s.cloud.wait(lambda c: len([e for e in c.json("event") if e.get("ev") == "cloud_lost"]) >= 4, timeout=20)
+    published = {json.dumps(e, sort_keys=True) for e in s.cloud.json("event") if e.get("ev") == "session_taken_over"}
+    assert len(published) == 1, published  # (QoS 1 may deliver the same record twice)

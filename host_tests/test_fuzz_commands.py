@@ -1,6 +1,7 @@
 """1,000+ hostile command payloads through Mosquitto: the firmware keeps
-running in a small heap, answers each with the right error code, changes
-nothing, and still obeys a valid command afterwards."""
+running in a small heap, answers each with the right error code and, when
+the body is an object with a string id of at most 36 characters, that id;
+changes nothing, and still obeys a valid command afterwards."""
 import json
 import random
 
@@ -16,9 +17,19 @@ def signed(body_obj_or_text):
     return json.dumps({"body": b, "sig": sign(KEY, b)}).encode()
 
 
+class Cases(list):
+    """(payload, expected error code, expected id); appended as pairs: the
+    id is "f" (every signed body's) unless the case says otherwise."""
+
+    def append(self, case, cid="f"):
+        payload, code = case
+        super().append((payload, code, cid))
+
+
 def hostile(rng, now, accepted_seq):
-    """-> list of (payload bytes, expected error code)."""
-    out = []
+    """-> list of (payload bytes, expected error code, expected id)."""
+    out = Cases()
+    no_id = None
     good = {"id": "f", "seq": accepted_seq + 1, "exp": now + 600, "op": "set_reserve", "args": {"pct": 40}}
 
     def body(**kw):
@@ -28,39 +39,56 @@ def hostile(rng, now, accepted_seq):
 
     for _ in range(420):  # random bytes
         n = rng.randrange(0, 300)
-        out.append((bytes(rng.randrange(256) for _ in range(n)), "bad_payload"))
+        out.append((bytes(rng.randrange(256) for _ in range(n)), "bad_payload"), no_id)
     for _ in range(5):  # 200 kB
-        out.append((b'{"body": "' + b"A" * 200_000 + b'", "sig": "00"}', "bad_payload"))
-    out.append((command(KEY, "set_reserve", {"pct": 40, "pad": "x" * 200_000}, accepted_seq + 1, now + 600), "bad_payload"))
-    for depth in (50, 500, 1900):  # deep nesting, outer and inside a signed body
-        out.append((b"[" * depth + b"]" * depth, "bad_payload"))
-        out.append((signed("[" * depth + "]" * depth), "bad_payload"))
+        out.append((b'{"body": "' + b"A" * 200_000 + b'", "sig": "00"}', "bad_payload"), no_id)
+    out.append((command(KEY, "set_reserve", {"pct": 40, "pad": "x" * 200_000}, accepted_seq + 1, now + 600), "bad_payload"),
+               no_id)
+    for depth in (50, 500, 1900):  # deep nesting, outer and inside a signed body: refused before parsing
+        out.append((b"[" * depth + b"]" * depth, "bad_payload"), no_id)
+        out.append((signed("[" * depth + "]" * depth), "bad_payload"), no_id)
         out.append((signed(json.dumps(body(args={"pct": json.loads("[" * min(depth, 900) + "]" * min(depth, 900))}))),
-                    "bad_payload"))
+                    "bad_payload"), no_id)
     for depth in (2, 4):  # shallow nesting inside args is merely the wrong type
         out.append((signed(json.dumps(body(args={"pct": json.loads("[" * depth + "]" * depth)}))), "bad_args"))
     for _ in range(100):  # bad UTF-8 and control bytes inside JSON strings
         junk = bytes(rng.randrange(128, 256) for _ in range(rng.randrange(1, 40)))
-        out.append((b'{"body": "' + junk + b'", "sig": "' + b"0" * 64 + b'"}', "bad_payload"))
+        out.append((b'{"body": "' + junk + b'", "sig": "' + b"0" * 64 + b'"}', "bad_payload"), no_id)
     wrong_types = [
         dict(id=5), dict(id=""), dict(id="x" * 37), dict(seq="7"), dict(seq=7.5), dict(seq=True), dict(exp="soon"),
         dict(exp=None), dict(op=5), dict(op=None), dict(args=[]), dict(args="pct=40"), dict(args=None),
+        # floats where integers go, and seqs beyond 2**53 - 1
+        dict(seq=float(accepted_seq + 1)), dict(exp=float(now + 600)), dict(seq=2**53), dict(seq=2**63),
     ]
     for _ in range(12):
         for w in wrong_types:
-            out.append((signed(body(**w)), "bad_payload"))
+            cid = w.get("id", "f")
+            out.append((signed(body(**w)), "bad_payload"), cid if isinstance(cid, str) and len(cid) <= 36 else no_id)
     for missing in ("id", "seq", "exp", "op", "args"):
         b = body()
         del b[missing]
-        out.append((signed(b), "bad_payload"))
+        out.append((signed(b), "bad_payload"), no_id if missing == "id" else "f")
     for outer in ([], "text", 7, None, {"body": {"id": "x"}, "sig": "00"}, {"body": "{}"}, {"sig": "00" * 32}):
-        out.append((json.dumps(outer).encode(), "bad_payload"))
+        out.append((json.dumps(outer).encode(), "bad_payload"), no_id)
+    # a key twice in one object (json would keep the last): signed, refused with the id
+    good_text = json.dumps(good)
+    for dup in (', "seq": %d}' % (accepted_seq + 2), ', "args": {"pct": 45}}', ', "op": "set_mode"}'):
+        out.append((signed(good_text[:-1] + dup), "bad_payload"))
+    out.append((signed(good_text[:-2] + ', "pct": 45}}'), "bad_payload"))
+    out.append((signed(good_text[:-2] + ', "p\\u0063t": 45}}'), "bad_payload"))  # the same key, escaped
+    out.append((json.dumps({"body": good_text[:-1] + ', "seq": 99}', "sig": "00" * 32}).encode(), "bad_sig"))
+    out.append((signed(body(args={"pct": [{"a": 1}, {"a": 1}]})), "bad_args"))  # sibling objects: not twice
+    out.append((signed(json.dumps({**good, **{f"k{i}": i for i in range(100)}})), "bad_payload"), no_id)  # > 64 keys
+    for f in (float(-1000), 0.5):  # floats for ev_w / until
+        out.append((signed(body(op="dispatch", args={"ev_w": f, "until": now + 60})), "bad_args"))
+        out.append((signed(body(op="dispatch", args={"ev_w": -1000, "until": now + 60 + f})), "bad_args"))
     huge = [10**30, -10**30, 1e308, -1e308, 2**63, 2**31, -2**31 - 1]
     for h in huge:  # huge numbers: out of range, never a crash or an overflow
         out.append((signed(body(args={"pct": h})), "bad_args"))
         out.append((signed(body(op="dispatch", args={"ev_w": h, "until": now + 60})), "bad_args"))
         out.append((signed(body(op="dispatch", args={"ev_w": -1000, "until": h})), "bad_args"))
-        out.append((signed(body(seq=10**30, op="nope")), "bad_op"))  # a rejected seq is not remembered
+        out.append((signed(body(seq=10**30, op="nope")), "bad_payload"))  # beyond 2**53 - 1, not remembered
+        out.append((signed(body(seq=2**53 - 1, op="nope")), "bad_op"))  # a rejected seq is not remembered
     for _ in range(200):  # forged signatures
         b = json.dumps(body(args={"pct": rng.choice([35, 40, 45])}))
         sig = rng.choice([
@@ -83,7 +111,7 @@ def hostile(rng, now, accepted_seq):
     out.append((signed(body(op="set_departure", args={"time": "07:30", "soc_pct": 10})), "bad_args"))
     out.append((signed(body(op="dispatch", args={"ev_w": -1000, "until": now + 5 * 3600})), "bad_args"))
     out.append((signed(body(op="dispatch", args={"ev_w": -1000, "until": now - 1})), "bad_args"))
-    out.append((b"", "bad_payload"))
+    out.append((b"", "bad_payload"), no_id)
     rng.shuffle(out)
     return out
 
@@ -106,13 +134,14 @@ def test_fuzz(tmp_path, broker, live_inverter, firmware):
     seq_before = (store / "cmd_seq.json").read_bytes()
     cases = hostile(rng, now, 7)
     assert len(cases) >= 1000
-    for payload, _ in cases:
+    for payload, _, _ in cases:
         cloud.c.publish(cloud.root + "cmd", payload, qos=1)
     got = cloud.wait(lambda c: len(c.json("cmd/result")) >= len(cases) + 1, timeout=120)
     results = cloud.json("cmd/result")[1:]
     assert got, f"only {len(results)} of {len(cases)} answered\n" + fw.output()[-3000:]
     assert len(results) == len(cases)
-    mismatches = [(p[:80], want, r) for (p, want), r in zip(cases, results) if r["ok"] or r["error"] != want]
+    mismatches = [(p[:80], want, cid, r) for (p, want, cid), r in zip(cases, results)
+                  if r["ok"] or r["error"] != want or r["id"] != cid]
     assert not mismatches, mismatches[:5]
     assert fw.proc.poll() is None, "the firmware died"
     assert not fw.events("internal_error") and not fw.events("cloud_lost")

@@ -2,7 +2,9 @@
 # thread on a board - so the control loop never waits on the network.
 #
 # Owns what umqtt.simple does not: keepalive pings on a timer, reconnect with
-# exponential backoff and jitter, QoS 1 telemetry retried from the persistent
+# exponential backoff and jitter (reset only once a session has lasted:
+# a second client with our client id makes every session short, and one
+# `session_taken_over` event says so), QoS 1 telemetry retried from the persistent
 # outbox with the same seq until acknowledged, retained state and status
 # with a Last Will. Network timing is real time; record timestamps come from
 # the (possibly simulated) clock.
@@ -13,12 +15,18 @@ import time
 from micropython import const
 
 from v2g import log
-from v2g.mqtt import PKT_MIN, Client, TlsError, open_stream, tls_context
+from v2g.mqtt import PKT_MIN, BrokerClosed, Client, TlsError, open_stream, tls_context
 
 _TIMEOUT_S = const(5)  # any single network operation
 _STOP_TIMEOUT_S = const(1)  # each step of a clean stop
 _BACKOFF_MIN_MS = const(1000)
 _BACKOFF_MAX_MS = const(60000)
+# A session is stable (the backoff starts again from 1 s) once it has lasted
+# longer than two longest waits: two boards with one client id, each kicking
+# the other out when its backoff ends, then never count as stable and both
+# stay at the longest backoff, instead of starting over every minute.
+_STABLE_MS = const(2 * _BACKOFF_MAX_MS)
+_TAKEOVER_FLAPS = const(2)  # short sessions in a row closed by the broker
 _STATE_EVERY_MS = const(10000)  # state at least this often (real time)
 _DRAIN_PER_PASS = const(50)  # outbox records per loop pass, so commands keep flowing
 _LOOP_MS = const(20)
@@ -57,6 +65,8 @@ class CloudLink:
         self.connected = False
         self.backoff_ms = _BACKOFF_MIN_MS
         self.next_try_ms = time.ticks_ms()
+        self.connected_ms = None  # when the session began; None once it is stable
+        self.flaps = 0  # sessions in a row the broker closed before they were stable
         self.last_state_ms = None
         self.state_after = None  # (action number, deadline): show an accepted command's effect
         self.state_seq = -1
@@ -79,7 +89,7 @@ class CloudLink:
         c.subscribe(self.t_cmd, 1)
         c.publish(self.t_status, b"online", True, 1)
         self.connected = True
-        self.backoff_ms = _BACKOFF_MIN_MS
+        self.connected_ms = time.ticks_ms()  # the backoff goes on until the session is stable
         self.last_state_ms = None  # publish state right away
         self._event("cloud_connected", {"broker": self.host + ":" + str(self.port), "tls": bool(self.tls)})
 
@@ -107,10 +117,21 @@ class CloudLink:
         self.results = [(None, p) for _, p in self.results]
         # full jitter on an exponential backoff: a fleet that lost its
         # broker together must not reconnect together
-        self.next_try_ms = time.ticks_add(time.ticks_ms(), self.backoff_ms // 2 + _rand_below(self.backoff_ms // 2))
+        wait_ms = self.backoff_ms // 2 + _rand_below(self.backoff_ms // 2)
+        self.next_try_ms = time.ticks_add(time.ticks_ms(), wait_ms)
         self.backoff_ms = min(self.backoff_ms * 2, _BACKOFF_MAX_MS)
         kind = "tls_error" if isinstance(err, TlsError) else "cloud_lost" if was else "cloud_connect_failed"
-        self._event(kind, {"error": self.last_error})
+        self._event(kind, {"error": self.last_error, "retry_in_ms": wait_ms})
+        if was and self.connected_ms is not None and isinstance(err, BrokerClosed):
+            # closed by the broker before the session was stable: once is a
+            # broker restart, twice in a row is someone with our client id
+            self.flaps += 1
+            if self.flaps == _TAKEOVER_FLAPS:
+                self._event("session_taken_over", {
+                    "flaps": self.flaps, "client_id": self.cfg["mqtt"]["client_id"],
+                    "detail": "the broker closed %d sessions in a row soon after connect: another client uses "
+                              "this client id (a cloned board?); backing off up to %d s" % (
+                                  self.flaps, _BACKOFF_MAX_MS // 1000)})
 
     # --- inbound commands
 
@@ -224,6 +245,11 @@ class CloudLink:
                 # umqtt asserts on an unexpected CONNACK: same as a failure
                 self._drop(e)
                 return
+        if self.connected_ms is not None and time.ticks_diff(time.ticks_ms(), self.connected_ms) >= _STABLE_MS:
+            # a session that lasted: the next loss starts the backoff over
+            self.connected_ms = None
+            self.backoff_ms = _BACKOFF_MIN_MS
+            self.flaps = 0
         try:
             # read what is waiting (commands, pings) without blocking; a few
             # at a time, so a flood of commands cannot pile up results in RAM

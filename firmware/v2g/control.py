@@ -48,13 +48,17 @@ def where(e):
 
 
 class Mailbox:
-    """A bounded list shared between the control thread and the cloud
-    thread. When full the oldest item goes and `dropped` counts it."""
+    """A bounded list shared between the control thread and the others.
+    put() (events): when full the oldest item goes and `dropped` counts it.
+    offer() (actions for the control loop): never drops; an item goes only
+    into free room, or into a slot that reserve() held for it."""
 
     def __init__(self, size):
         self.size = size
         self.items = []
         self.dropped = 0
+        self.held = 0  # slots reserved, not yet filled
+        self.offered = 0  # items offer() queued: the number of the last one
         self.lock = _thread.allocate_lock()
 
     def put(self, item):
@@ -63,6 +67,31 @@ class Mailbox:
             if len(self.items) > self.size:
                 self.items.pop(0)
                 self.dropped += 1
+
+    def reserve(self):
+        """Hold a slot for a later offer(item, True); False when full."""
+        with self.lock:
+            if len(self.items) + self.held >= self.size:
+                return False
+            self.held += 1
+            return True
+
+    def release(self):
+        """Give back a slot reserve() held and nothing will fill."""
+        with self.lock:
+            self.held -= 1
+
+    def offer(self, item, reserved=False):
+        """Queue item: -> its number (1, 2, ...), or 0 when there is no
+        room (nothing queued). reserved: into the slot reserve() held."""
+        with self.lock:
+            if reserved:
+                self.held -= 1
+            elif len(self.items) + self.held >= self.size:
+                return 0
+            self.items.append(item)
+            self.offered += 1
+            return self.offered
 
     def take(self):
         with self.lock:
@@ -203,12 +232,15 @@ class Controller:
 
     # --- settings changed remotely or at the REPL (persisted by the caller)
 
-    def post(self, action):
-        """Queue an action from another thread; applied at the next tick.
-        Returns its number: applied once `actions_applied` reaches it."""
-        self.inbox.put(action)
-        self.actions_posted += 1
-        return self.actions_posted
+    def post(self, action, reserved=False):
+        """Queue an action from another thread; applied at the next tick,
+        never dropped. Returns its number (applied once `actions_applied`
+        reaches it), or 0 when the inbox is full: nothing was queued, ask
+        again after a tick. reserved: into a slot held by inbox.reserve()."""
+        n = self.inbox.offer(action, reserved)
+        if n:
+            self.actions_posted = n
+        return n
 
     def apply_settings(self, s):
         """Overrides persisted by earlier commands (settings.json). A value

@@ -30,6 +30,11 @@ class TlsError(OSError):
     pass
 
 
+class BrokerClosed(OSError):
+    """The broker closed the session (end of stream): among other reasons
+    because another client connected with the same client id."""
+
+
 class _Stream:
     """A connected (TLS) socket that umqtt believes it created."""
 
@@ -170,7 +175,7 @@ class Client(_umqtt.MQTTClient):
         if res is None:
             return None
         if res == b"":
-            raise OSError(-1)  # broker closed the connection
+            raise BrokerClosed("closed by the broker")
         self.last_rx_ms = time.ticks_ms()
         op = res[0]
         if op == 0xD0:  # PINGRESP

@@ -42,11 +42,16 @@ def _pct(v):
 
 
 def _ask(action, *args):
-    """Run an action in the control thread; -> its result (or raise)."""
+    """Run an action in the control thread; -> its result (or raise).
+    The control loop's inbox never drops an action: while it is full
+    (a flood of cloud commands) this waits for room, within the 3 s."""
     a = _app()
     box = []
-    a.ctrl.post((action,) + args + (box,))
     t0 = time.ticks_ms()
+    while not a.ctrl.post((action,) + args + (box,)):
+        if time.ticks_diff(time.ticks_ms(), t0) > _WAIT_MS:
+            raise RuntimeError("the control loop's inbox stayed full for 3 s")
+        time.sleep_ms(10)
     while not box:
         if time.ticks_diff(time.ticks_ms(), t0) > _WAIT_MS:
             raise RuntimeError("the control loop did not answer within 3 s")
@@ -266,12 +271,12 @@ def factory_reset():
     """Forget every change made at run time (remote reserve, departure,
     mode, dispatch; a pause). Keeps the site config, the command seq (so no
     old command can be replayed), the telemetry seq and outbox, and the
-    energy totals (the inverter's own counters). Takes effect at restart()."""
-    from v2g.store import remove
-
+    energy totals (the inverter's own counters). Takes effect at restart();
+    until then cloud commands are checked against both the settings of the
+    moment and the site config's (v2g.commands: Commands.forget)."""
     a = _app()
-    remove(a.cfg["store"]["dir"] + "/settings.json")
-    a.ctrl.post(("resume",))
+    a.commands.forget()
+    _ask("resume")
     print("run-time settings cleared; command and telemetry seq kept; tech.restart() to start clean")
 
 
