@@ -186,9 +186,10 @@ def selftest():
     while c.tick_no <= t0 and time.ticks_diff(time.ticks_ms(), w0) < 3000:
         time.sleep_ms(c.period_ms)
     ticking = c.tick_no > t0
-    wall_ok = now > 1704067200  # 2024-01-01: an unset RTC reads 2000 or 1970
+    wall_ok = a.clock.trusted()  # the rule the control loop and commands use
+    ts = a.cloud.timesync
     check("clock", wall_ok and ticking, "wall %s%s" % (
-        _local(now) if wall_ok else "not set (%d)" % now,
+        _local(now) if wall_ok else "not set (%d; SNTP %s: %s)" % (now, ts.host, ts.last_error or "no answer yet"),
         ", control ticking" if ticking else ", control loop NOT ticking (3 s)"))
     path = a.cfg["store"]["dir"] + "/selftest.tmp"
     try:
