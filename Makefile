@@ -22,6 +22,11 @@ test: $(SETUP)
 	tools/setup_system.sh
 	$(PY) -m pytest host_tests $(PYTEST_ARGS)
 
+# The firmware on the unix port until SIGINT/SIGTERM. GNU make itself exits
+# only 0 or 2 (POSIX; no recipe can change that): a config error is 2 either
+# way, any other failure is 2 as well, with make's "Error N" line naming the
+# firmware's own code N. The launcher alone passes N through as its status:
+# build/venv/bin/python tools/run_unix.py FILE.
 run: $(SETUP)
 	@test -n "$(CONFIG)" || { echo "usage: make run CONFIG=site.json" >&2; exit 2; }
 	$(PY) tools/run_unix.py "$(CONFIG)"

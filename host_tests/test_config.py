@@ -1,6 +1,10 @@
 """Site config validation (CONTRACT section 2), run on the unix port."""
 import copy
 import json
+import os
+import select
+import signal
+import socket
 import subprocess
 
 import pytest
@@ -100,6 +104,13 @@ BAD = [
     (delete("mqtt.tls"), "mqtt.tls", "required"),
     (set_path("command_key", "00" * 31), "command_key", "64 hex"),
     (set_path("command_key", "zz" * 32), "command_key", "64 hex"),
+    (set_path("command_key", "0" * 64), "command_key", "must not be all zeros"),
+    (set_path("command_key", "ff" * 32), "command_key", "must not be one byte repeated"),
+    (set_path("command_key", "aB" * 32), "command_key", "must not be one byte repeated"),
+    (set_path("mqtt.tls", {"ca": "firmware"}), "mqtt.tls.ca", "is a directory, not a file: firmware"),
+    (set_path("mqtt.tls", {"ca": "examples/site.json", "cert": "firmware", "key": "examples/site.json"}),
+     "mqtt.tls.cert", "is a directory"),
+    (set_path("mqtt.client_id", "c" * 24), "mqtt.client_id", "at most 23"),
     (set_path("utc_offset_min", 900), "utc_offset_min", "<= 840"),
     (set_path("control", {"period_ms": 10}), "control.period_ms", ">= 50"),
     (set_path("vehicle", {"driver": "chademo"}), "vehicle.link", "required when"),
@@ -210,3 +221,165 @@ def test_make_run_stops_cleanly_on_sigterm_and_sigint(tmp_path):
         out, err = proc.communicate(timeout=20)
         assert proc.returncode == 0, err
         assert '"ev": "stop"' in out
+
+
+def test_default_client_id_fits_mqtt_and_an_explicit_23_is_kept(mpy):
+    """MQTT 3.1.1 servers must accept client ids of 1..23 characters: a
+    device_id of up to 32 (CONTRACT) gets a shortened default that fits and
+    stays one per device; an explicit id of 23 is accepted as it is."""
+    cases = [
+        mutate(set_path("device_id", "a" * 23)),
+        mutate(set_path("device_id", "a" * 24)),
+        mutate(set_path("device_id", "a" * 32)),
+        mutate(set_path("device_id", "a" * 31 + "b")),
+        mutate(lambda c: (c.update(device_id="a" * 32), c["mqtt"].update(client_id="x" * 23))),
+    ]
+    path = ROOT / "build" / "test_config_client_ids.json"
+    path.write_text(json.dumps(cases))
+    res = mpy("""
+import json, sys
+from v2g import config
+print(json.dumps([config.validate(raw)["mqtt"]["client_id"] for raw in json.loads(open(sys.argv[1]).read())]))
+""", args=[str(path)]).json()
+    assert res[0] == "a" * 23  # fits: the device_id itself, as before
+    assert res[4] == "x" * 23
+    for cid in res[1:4]:
+        assert len(cid) == 23 and cid.startswith("a" * 14 + "-"), cid
+    assert len(set(res[1:4])) == 3  # one per device_id
+
+
+def _no_inverter_traffic():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.settimeout(0.2)
+    return srv
+
+
+def _write_bad(tmp_path, case, port):
+    """-> path of a config broken the way `case` says (pointed at `port`)."""
+    cfg = copy.deepcopy(BASE)
+    cfg["inverter"]["link"] = f"tcp:127.0.0.1:{port}"
+    cfg["store"] = {"dir": str(tmp_path / "store")}
+    p = tmp_path / "site.json"
+    if case == "non_utf8":
+        p.write_bytes(json.dumps(cfg).encode().replace(b"home-charger-01", b"home-\xff\xfe-01"))
+    elif case == "5mb":
+        p.write_text(json.dumps(cfg)[:-1] + ', "pad": "' + "x" * (5 * 1024 * 1024) + '"}')
+    elif case == "deep":
+        # small (10 KB) but 5,000 levels deep
+        p.write_text(json.dumps(cfg)[:-1] + ', "pad": ' + "[" * 5000 + "]" * 5000 + "}")
+    else:
+        if case == "other_port":
+            cfg["board"] = "esp32_devkitc"
+            cfg["inverter"]["link"] = f"tcp:127.0.0.1:{port}"
+        elif case == "ca_dir":
+            (tmp_path / "certs").mkdir()
+            cfg["mqtt"]["tls"] = {"ca": str(tmp_path / "certs")}
+        elif case == "store_unwritable":
+            # a file where a directory must be: unwritable even for root
+            (tmp_path / "plain").write_text("x")
+            cfg["store"]["dir"] = str(tmp_path / "plain" / "store")
+        elif case == "zero_key":
+            cfg["command_key"] = "0" * 64
+        p.write_text(json.dumps(cfg))
+    return p
+
+
+@pytest.mark.parametrize("case,expect", [
+    ("non_utf8", "config error: config: not UTF-8 text: "),
+    ("5mb", "config error: config: larger than 16384 bytes: "),
+    ("deep", "config error: config: nested deeper than 8 levels: "),
+    ("other_port", 'config error: board: board "esp32_devkitc" is for the esp32, this is the unix port'),
+    ("ca_dir", "config error: mqtt.tls.ca: is a directory, not a file: "),
+    ("store_unwritable", "config error: store.dir: not writable: "),
+    ("zero_key", "config error: command_key: must not be all zeros"),
+])
+def test_inputs_that_crashed_or_failed_later_are_config_errors(tmp_path, case, expect):
+    """Each printed a traceback (or started and failed at the first TLS
+    connect, outbox write or WDT) before: now exit 2, one line, no inverter
+    traffic."""
+    srv = _no_inverter_traffic()
+    p = _write_bad(tmp_path, case, srv.getsockname()[1])
+    res = run_firmware(p)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expect), res.stderr[-2000:]
+    assert "Traceback" not in res.stdout + res.stderr
+    with pytest.raises(socket.timeout):
+        srv.accept()
+    srv.close()
+    assert not (tmp_path / "store").exists()  # nothing was written either
+
+
+def _make_run(config_path, timeout=30):
+    return subprocess.run(["make", "-s", "--no-print-directory", "run", f"CONFIG={config_path}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_make_run_exits_2_on_a_config_error(tmp_path):
+    p = _write_bad(tmp_path, "zero_key", 1)
+    res = _make_run(p)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines[0] == "config error: command_key: must not be all zeros"
+    # GNU make's own line names the firmware's code
+    assert lines[1:] == ["make: *** [Makefile:%d: run] Error 2" % _run_line()], res.stderr
+
+
+def _run_line():
+    """The Makefile line of the `run` recipe's launcher command."""
+    for i, line in enumerate((ROOT / "Makefile").read_text().splitlines(), 1):
+        if line.startswith("\t") and "tools/run_unix.py" in line:
+            return i
+    raise AssertionError("no run_unix.py line in the Makefile")
+
+
+def test_launcher_passes_other_exit_codes_through_and_make_names_them(tmp_path):
+    """tools/run_unix.py exits with the firmware's own code (here a SIGKILL:
+    137, as a shell reports it). GNU make itself can only exit 0 or 2
+    (POSIX): `make run` exits 2 and its Error line carries the code."""
+    cfg = mutate(set_path("store", {"dir": str(tmp_path / "store")}))
+    p = tmp_path / "site.json"
+    p.write_text(json.dumps(cfg))
+    for via_make in (False, True):
+        cmd = (["make", "-s", "--no-print-directory", "run", f"CONFIG={p}"] if via_make else
+               [str(ROOT / "build" / "venv" / "bin" / "python"), str(ROOT / "tools" / "run_unix.py"), str(p)])
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        fw = None
+        try:
+            # the firmware runs: its first event line
+            assert select.select([proc.stdout], [], [], 20)[0] and proc.stdout.readline()
+            fw = _firmware_under(proc.pid)
+            os.kill(fw, signal.SIGKILL)
+            fw = None
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if fw is not None:  # a failed assertion above: leave nothing running
+                os.kill(fw, signal.SIGKILL)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if via_make:
+            assert proc.returncode == 2
+            assert err.strip().splitlines()[-1] == "make: *** [Makefile:%d: run] Error 137" % _run_line(), err
+        else:
+            assert proc.returncode == 137, err
+
+
+def _firmware_under(pid):
+    """The pid of the firmware's process started (through make and the
+    launcher) by process `pid`."""
+    main = str(ROOT / "firmware" / "main.py").encode()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for t in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{t}/children") as f:
+                children = [int(c) for c in f.read().split()]
+            for c in children:
+                with open(f"/proc/{c}/cmdline", "rb") as f:
+                    if main in f.read().split(b"\0"):
+                        return c
+                todo.append(c)
+    raise AssertionError("no firmware process under %d" % pid)

@@ -46,6 +46,7 @@ def load(path, boards_dir):
         cfg = config.load(path)
         board = config.load_board(boards_dir, cfg["board"])
         config.check_board(cfg, board)
+        config.check_here(cfg, board)
     except config.ConfigError as e:
         log.error("config error: " + e.path + ": " + e.rule)
         if sys.platform in ("esp32", "rp2"):
@@ -113,16 +114,14 @@ class App:
         from v2g.cloud import CloudLink
         from v2g.commands import Commands
         from v2g.outbox import Outbox
-        from v2g.store import JsonFile, ensure_dir
+        from v2g.store import JsonFile, open_store
 
         self.cfg = cfg
         self.board = board
         self.clock = clock
         self.config_path = config_path
         tls_ctx = _tls_context(cfg["mqtt"]["tls"])  # first: its 3 KB in one piece
-        store_dir = cfg["store"]["dir"] or board.get("store_dir") or "data"
-        cfg["store"]["dir"] = store_dir
-        ensure_dir(store_dir)
+        store_dir = open_store(cfg, board)  # this device's, before anything in it is read
         self.ctrl = build(cfg, board, clock)
         self.ctrl.apply_settings(JsonFile(store_dir + "/settings.json", {}).load())
         self.outbox = Outbox(store_dir, cfg["mqtt"]["outbox_records"])

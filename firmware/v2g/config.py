@@ -12,6 +12,15 @@ from v2g.clock import min_to_hhmm
 # stays inside +-2**29 (31-bit small ints on the boards).
 _MAX_W = const(1000000)
 _MAX_WH = const(10000000)
+# MQTT 3.1.1 (3.1.3.1): a server must accept client ids of 1..23 characters;
+# a longer one may be refused at every connect.
+_MAX_CLIENT_ID = const(23)
+# A site config is 1-10 KB (48 tariff periods, every optional key, pretty
+# printed); the file is read whole into a heap of ~100 KB, so it is bounded
+# before it is read.
+MAX_BYTES = const(16384)
+# A config is 4 levels deep (tariff.periods[i]); json.loads recurses per level.
+_MAX_DEPTH = const(8)
 
 
 class ConfigError(Exception):
@@ -86,6 +95,18 @@ def _hex64(path, v):
     return v
 
 
+def _command_key(path, v):
+    # A placeholder key (zeros, "ff..", "abab..") is one anybody can sign
+    # with: refused, like a missing key.
+    _hex64(path, v)
+    low = v.lower()
+    if low == "0" * 64:
+        raise ConfigError(path, "must not be all zeros")
+    if low == low[:2] * 32:
+        raise ConfigError(path, "must not be one byte repeated")
+    return v
+
+
 def _host_port(path, text):
     # "HOST:PORT"; HOST may be a name or an IPv4 address.
     i = text.rfind(":")
@@ -118,13 +139,23 @@ def _vehicle_link(path, v):
 
 
 def _file(path, v):
+    # Checked here, not at the first TLS connect: a directory or an
+    # unreadable file would otherwise pass and fail every reconnect.
     _str(path, v)
-    try:
-        import os
+    import os
 
-        os.stat(v)
+    try:
+        mode = os.stat(v)[0]
     except OSError:
         raise ConfigError(path, "file not found: " + v)
+    if mode & 0xF000 == 0x4000:
+        raise ConfigError(path, "is a directory, not a file: " + v)
+    if mode & 0xF000 != 0x8000:
+        raise ConfigError(path, "not a regular file: " + v)
+    try:
+        open(v, "rb").close()
+    except OSError:
+        raise ConfigError(path, "cannot read " + v)
     return v
 
 
@@ -272,7 +303,7 @@ SCHEMA = {
         "keepalive_s": (_rng(_int, 5, 3600), 60),
         "user": (_str, None),
         "password": (_str, None),
-        "client_id": (lambda p, v: _str(p, v, 23), None),  # None: device_id
+        "client_id": (lambda p, v: _str(p, v, _MAX_CLIENT_ID), None),  # None: from device_id
         "telemetry_s": (_rng(_int, 1, 3600), 10),
         "outbox_records": (_rng(_int, 16, 100000), 2000),
     },
@@ -301,7 +332,7 @@ SCHEMA = {
         "ssid": (lambda p, v: _str(p, v, 32), None),
         "password": (lambda p, v: _str(p, v, 64), None),
     },
-    "command_key": (_hex64, REQUIRED),
+    "command_key": (_command_key, REQUIRED),
 }
 
 
@@ -377,29 +408,96 @@ def check_board(cfg, board):
         raise ConfigError("vehicle.link", 'board "' + cfg["board"] + '" has no CAN controller')
 
 
+def client_id(device_id):
+    """The default MQTT client id: the device_id when it fits in 23
+    characters, else its first 14 characters, "-" and 8 hex digits of its
+    SHA-256 (23 in all): still readable, still one per device_id."""
+    if len(device_id) <= _MAX_CLIENT_ID:
+        return device_id
+    import binascii
+    import hashlib
+
+    h = binascii.hexlify(hashlib.sha256(device_id.encode()).digest()).decode()
+    return device_id[:14] + "-" + h[:8]
+
+
 def validate(raw):
     cfg = _section("", raw, SCHEMA)
     _check_order(cfg)
     if cfg["mqtt"]["client_id"] is None:
-        cfg["mqtt"]["client_id"] = cfg["device_id"]
+        cfg["mqtt"]["client_id"] = client_id(cfg["device_id"])
     return cfg
 
 
 def load(path):
     """Read and validate a config file. Raises ConfigError (path 'config' for
-    unreadable files or invalid JSON)."""
+    an unreadable, oversized, non-UTF-8, too deeply nested or non-JSON file)."""
     import json
 
+    from v2g import unload
+    from v2g.jsondepth import too_deep
+
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            # one byte more than allowed tells "too large" without reading
+            # (or stat-ing: a pipe has no size) the rest
+            data = f.read(MAX_BYTES + 1)
     except OSError:
         raise ConfigError("config", "cannot read " + path)
+    if len(data) > MAX_BYTES:
+        raise ConfigError("config", "larger than " + str(MAX_BYTES) + " bytes: " + path)
+    deep = too_deep(data, _MAX_DEPTH)
+    unload("v2g.jsondepth")  # used once at boot, like this module
+    if deep:
+        raise ConfigError("config", "nested deeper than " + str(_MAX_DEPTH) + " levels: " + path)
+    try:
+        text = data.decode()
+    except UnicodeError:
+        raise ConfigError("config", "not UTF-8 text: " + path)
+    del data
     try:
         raw = json.loads(text)
     except ValueError:
         raise ConfigError("config", "not valid JSON: " + path)
     return validate(raw)
+
+
+# sys.platform -> the board config's "chip"; any other platform is the unix port
+_PLATFORM_CHIP = {"esp32": "esp32", "rp2": "rp2040"}
+
+
+def check_here(cfg, board):
+    """At start-up on the device itself (not in `make deploy`, which
+    validates a board's config on the host): the board config is for this
+    port, and the state directory can be written. Else they fail after
+    the inverter was reached: a traceback (machine.WDT missing on the unix
+    port), or outbox, seq and settings writes failing one by one."""
+    import sys
+
+    here = _PLATFORM_CHIP.get(sys.platform, "unix")
+    chip = board.get("chip")
+    if chip != here:
+        raise ConfigError("board", 'board "' + cfg["board"] + '" is for the ' + str(chip)
+                          + ", this is the " + here + " port (" + sys.platform + ")")
+    from v2g import storedir
+
+    d = storedir.store_dir(cfg, board)
+    try:
+        storedir.probe(d)
+    except OSError as e:
+        raise ConfigError("store.dir", "not writable: " + d + " (" + _errno_name(e) + ")")
+
+
+def _errno_name(e):
+    # an OSError from open() shows as a bare number on MicroPython, and
+    # errno.errorcode names only some
+    n = e.args[0] if e.args else None
+    try:
+        import errno
+
+        return errno.errorcode[n]
+    except (ImportError, AttributeError, KeyError):
+        return "errno " + str(n)
 
 
 def load_board(boards_dir, name):

@@ -73,3 +73,15 @@ class JsonFile:
 
     def save(self, doc):
         atomic_write(self.path, json.dumps(doc).encode())
+
+
+def open_store(cfg, board):
+    """-> this device's state directory, made and claimed (v2g.storedir).
+    That code runs once at boot: unloaded after, its RAM is worth more to
+    TLS (like v2g.config)."""
+    from v2g import storedir, unload
+
+    try:
+        return storedir.open_store(cfg, board)
+    finally:
+        unload("v2g.storedir")
