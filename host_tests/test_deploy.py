@@ -1,6 +1,7 @@
 """`make deploy` end to end against the unix port presented as a board by
-tools/pty_bridge.py: mpremote over a pty, files landing in a scratch root
-that then runs the deployed firmware against the simulated inverter."""
+tools/pty_bridge.py (and a plain unix-port REPL under socat): mpremote over
+a pty, files landing in a scratch root that then runs the deployed firmware
+against the simulated inverter."""
 import json
 import os
 import signal
@@ -331,12 +332,11 @@ def test_the_bridge_speaks_mpremote(deployed):
     assert mpr("exec", "import os; print(os.getcwd())").strip() == str(root)
 
 
-def test_deployed_firmware_runs_from_the_board_root(deployed, inverter):
-    """The files on the "board" (not firmware/) start, find the inverter and
-    pick a mode; SIGINT stops them cleanly."""
-    res, port, root, config, cfg = deployed
-    env = dict(os.environ, MICROPYPATH=f"{root}:{root}/lib:.frozen")
-    proc = subprocess.Popen([MICROPYTHON, str(root / "main.py")], cwd=root, env=env, text=True,
+def run_deployed(root, env, main="main.py"):
+    """`micropython main.py` in the board root until it has found the
+    inverter and picked a mode, then SIGINT -> (first event of each kind,
+    output lines, exit code)."""
+    proc = subprocess.Popen([MICROPYTHON, main], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     events, lines = {}, []
 
@@ -356,9 +356,6 @@ def test_deployed_firmware_runs_from_the_board_root(deployed, inverter):
         end = time.monotonic() + 15
         while time.monotonic() < end and not {"inverter", "mode"} <= set(events) and proc.poll() is None:
             time.sleep(0.1)
-        assert {"inverter", "mode"} <= set(events), "".join(lines)[-2000:]
-        assert events["inverter"]["base"] == 40000
-        assert events["mode"]["mode"] in ("idle", "charge", "discharge", "hold")
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -367,9 +364,27 @@ def test_deployed_firmware_runs_from_the_board_root(deployed, inverter):
             proc.kill()
             rc = proc.wait()
         reader.join(5)
-    assert rc == 0, "".join(lines)[-2000:]
+    return events, lines, rc
+
+
+def test_deployed_firmware_runs_from_the_board_root(deployed, inverter):
+    """The files on the "board" (not firmware/) start, find the inverter and
+    pick a mode; SIGINT stops them cleanly."""
+    res, port, root, config, cfg = deployed
+    env = dict(os.environ, MICROPYPATH=f"{root}:{root}/lib:.frozen")
+    events, lines, rc = run_deployed(root, env, main=str(root / "main.py"))
+    assert_firmware_ran(events, lines, rc)
     # the firmware's files really came from the board root
     assert not any("/firmware/" in l for l in lines)
+
+
+def assert_firmware_ran(events, lines, rc):
+    """Started, found the inverter, picked a mode, stopped cleanly on SIGINT."""
+    out = "".join(lines)[-2000:]
+    assert {"start", "inverter", "mode"} <= set(events), out
+    assert events["inverter"]["base"] == 40000
+    assert events["mode"]["mode"] in ("idle", "charge", "discharge", "hold")
+    assert rc == 0, out
 
 
 def test_a_running_board_boots_main_and_takes_a_new_deploy(deployed, tmp_path):
@@ -410,3 +425,66 @@ def test_tls_files_go_to_the_board_with_the_config(deployed, site, tmp_path):
     assert (root / "certs" / "key.key").read_text() == key_text
     assert key_text not in res.stdout + res.stderr
     assert cfg["command_key"] not in res.stdout + res.stderr
+
+
+def _plain_repl(root, env):
+    """The unix port's own REPL started in `root` on a pty, as an installer
+    can start one (socat, the pty in its default cooked mode) -> (socat, port).
+    No tools.pty_bridge around it: the REPL's soft reset (Ctrl-D) ends the
+    process, and socat's pty with it, and it has no machine.reset()."""
+    link = root.parent / "plain-port"
+    proc = subprocess.Popen(["socat", f"PTY,link={link},raw,echo=0",
+                             f"EXEC:{MICROPYTHON},pty,stderr,ctty,setsid"],
+                            cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    end = time.monotonic() + 10
+    while not link.exists() and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.05)
+    if not link.exists():
+        proc.kill()
+        raise RuntimeError(f"socat did not start: {proc.communicate()[1]!r}")
+    # Until its REPL reads the line in raw mode, the pty is cooked: a Ctrl-C
+    # byte there would be SIGINT to an interpreter still starting up. The
+    # banner may be gone before the port is open; an empty line brings a prompt.
+    import serial
+
+    seen = b""
+    with serial.Serial(str(link), timeout=0.5) as line:
+        while b">>> " not in seen and time.monotonic() < end:
+            line.write(b"\r")
+            seen += line.read(4096)
+    assert b">>> " in seen, seen
+    return proc, str(link)
+
+
+def test_deploy_to_a_plain_unix_repl(site, tmp_path, inverter):
+    """A plain unix-port REPL started in the deploy's target directory is a
+    board too. Its default sys.path has no lib, where the deploy puts umqtt:
+    the self-test imports through the firmware's own start-up code (as
+    main.py does), the REPL is still there afterwards (never soft-reset) and
+    takes another deploy, and the deployed firmware starts from that
+    directory with the default sys.path."""
+    root = tmp_path / "target"
+    root.mkdir()
+    # The Makefile exports MICROPYPATH to every recipe: the "board" must not
+    # inherit it. HOME: no ~/.micropython/lib of this machine on its path.
+    env = {k: v for k, v in os.environ.items() if k != "MICROPYPATH"}
+    env["HOME"] = str(tmp_path)
+    proc, port = _plain_repl(root, env)
+    try:
+        config, cfg = site()
+        res = deploy(port, config)
+        assert res.returncode == 0, res.stdout + res.stderr
+        for n in range(1, 8):
+            assert f"[{n}/7]" in res.stdout
+        assert "modules import; the config validates on the board" in res.stdout
+        assert (f"[7/7] reset    not possible: this unix-port REPL has no machine.reset(); it is left at "
+                f"its REPL. Start the firmware from {root.resolve()}") in res.stdout
+        assert (root / "lib" / "umqtt" / "simple.py").is_file() and (root / "v2g" / "libpath.mpy").is_file()
+        assert proc.poll() is None, "the REPL ended: the deploy soft-reset it"
+        res = deploy(port, config)
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert " 0 copied, " in res.stdout
+    finally:
+        _stop(proc)
+    events, lines, rc = run_deployed(root, env)
+    assert_firmware_ran(events, lines, rc)

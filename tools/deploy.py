@@ -10,15 +10,20 @@ board fails first):
              manifest of sha256 per file in build/deploy/<board>/
   3 device   mpremote session (soft reset: the firmware stops, the inverter
              falls back to 0 W by its own timer); MicroPython version, .mpy
-             version and native arch must suit the build
+             version and native arch must suit the build. A plain unix-port
+             REPL (no machine.reset(); its soft reset ends the process) is
+             used as it is, without the soft reset
   4 umqtt    frozen (ESP32 images): must import; mip (Pico W): `mpremote mip
              install umqtt.simple` when missing; lib (unix): copied to lib/
   5 copy     changed files only, plus config.json and board_configs/<board>.json
              (and TLS files under certs/); stale files under v2g/ are removed,
              since a left-over x.py would be imported instead of x.mpy
   6 verify   sha256 of every file computed on the device against the manifest;
-             then, on the device, every module imports and the config validates
-  7 reset    machine.reset(): the board boots the new firmware
+             then, on the device, every module imports (lib/ on sys.path by
+             the firmware's own v2g.libpath, as main.py at boot) and the
+             config validates
+  7 reset    machine.reset(): the board boots the new firmware (a plain
+             unix-port REPL stays at its REPL: start main.py there)
 With --romfs (`make deploy ... ROMFS=1`) the compiled v2g/ goes to the
 board's ROMFS partition as one image (`mpremote romfs deploy`) instead of
 its filesystem: the bytecode then runs in place from flash and the heap
@@ -313,9 +318,12 @@ _walk({top!r})
 # After the copy: the device itself loads what it got. The config is checked
 # with the firmware's validator on the device (TLS files must be there too).
 # Each module is imported on its own and unloaded again, so the check needs
-# no more RAM than the largest module with its imports.
+# no more RAM than the largest module with its imports. lib/ comes on
+# sys.path through the firmware's own start-up code, as main.py does at boot.
 _SELF_TEST = """\
 import gc, sys
+from v2g import libpath
+libpath.add()
 from v2g import config
 try:
     _c = config.load("config.json")
@@ -375,11 +383,21 @@ except Exception:
     print(repr(None))
 """
 
+# Asked before the soft reset: can the board reset and still be there? Every
+# board's machine has reset(), and tools.pty_bridge gives the unix port one.
+# A plain unix-port REPL has none, and its soft reset (Ctrl-D) ends the
+# process, taking the pty's other end (socat) with it: it is never reset.
+_CAN_RESET = """\
+import machine, os
+print(repr((hasattr(machine, "reset"), os.getcwd())))
+"""
+
 
 class Device:
     """One mpremote session in the board's raw REPL. Paths are relative to the
     directory the board starts in after a reset ("/" on a board, the root
-    directory of tools.pty_bridge on the unix port)."""
+    directory of tools.pty_bridge on the unix port, the current directory of
+    a plain unix-port REPL)."""
 
     def __init__(self, port):
         from mpremote.transport import TransportError
@@ -396,11 +414,39 @@ class Device:
         self.t.is_pty = False
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints raw bytes on failure
-                self.t.enter_raw_repl(soft_reset=True)
+                self._raw_repl(soft_reset=False)
+                self.resets, self.cwd = self.records(_CAN_RESET)[0]
+                if self.resets:
+                    self._raw_repl(soft_reset=True)
         except Exception:
             self.t.close()
             raise DeployError("device", f"no MicroPython REPL answered on {port} "
                                         "(right port? MicroPython flashed? board powered?)")
+
+    def _raw_repl(self, soft_reset):
+        """mpremote's enter_raw_repl(), but it also takes a console that sends
+        "\\r\\r\\n" for the REPL's "\\r\\n": the unix port on a pty in its
+        default (cooked) mode, whose line discipline adds a CR to every LF."""
+        from mpremote.transport import TransportError
+
+        t, ser = self.t, self.t.serial
+        banner = b"raw REPL; CTRL-B to exit\r"
+
+        def expect(ending):
+            if not t.read_until(1, ending, timeout_overall=SERIAL_TIMEOUT_S).endswith(ending):
+                raise TransportError("could not enter raw repl")
+
+        ser.write(b"\r\x03")  # Ctrl-C: interrupt a running program
+        while ser.in_waiting:
+            ser.read(ser.in_waiting)
+        ser.write(b"\r\x01")  # Ctrl-A: the raw REPL
+        expect(banner)
+        if soft_reset:
+            expect(b">")
+            ser.write(b"\x04")  # Ctrl-D: soft reset
+            expect(b"soft reboot\r")  # boot.py may print before the banner
+            expect(banner)
+        t.in_raw_repl = True  # the prompt ">" is left for exec to read
 
     def run(self, code):
         """Execute on the device -> its output (str). DeviceError with the last
@@ -433,7 +479,11 @@ class Device:
     def reset(self):
         """As `mpremote reset` (a hard reset; tools.pty_bridge gives the unix
         port one too), then wait until the board is seen restarting, so that
-        nothing sent next reaches the old firmware -> True if seen."""
+        nothing sent next reaches the old firmware -> True if seen. None: the
+        board cannot reset (a plain unix-port REPL) and is left at its REPL."""
+        if not self.resets:
+            self.close()
+            return None
         self.t.exec_raw_no_follow("import machine, time\ntime.sleep_ms(100)\n"
                                   "getattr(machine, 'reset', machine.soft_reset)()")
         seen = b""
@@ -754,7 +804,11 @@ def _board_steps(s, args, board, summary, files, manifest, emitted):
     step(6, "verify", f"{len(manifest)}/{len(manifest)} files match their sha256 on the board; "
                       f"{n_mods} modules import; the config validates on the board")
     s.step = "reset"
-    if s.dev.reset():
+    restarted = s.dev.reset()
+    if restarted is None:
+        step(7, "reset", f"not possible: this unix-port REPL has no machine.reset(); it is left at its REPL. "
+                         f"Start the firmware from {s.dev.cwd}: `import main` there, or `micropython main.py`")
+    elif restarted:
         step(7, "reset", "the board restarted")
     else:
         step(7, "reset", f"machine.reset() sent; no restart seen on {args.port} within {RESET_WAIT_S} s")
@@ -770,8 +824,8 @@ def on_board(args, board, summary, files, manifest, emitted):
         err = e if isinstance(e, DeployError) else DeployError(s.step, f"the board reported {e}")
         if not s.started and s.dev.t is not None:
             # Nothing changed: the board goes back to running what it has.
-            s.dev.reset()
-            err.args = (err.args[0] + " (nothing was changed; the board was reset)",)
+            how = "left at its REPL" if s.dev.reset() is None else "reset"
+            err.args = (err.args[0] + f" (nothing was changed; the board was {how})",)
         elif s.started:
             # Half-updated firmware must not start; the inverter's reversion
             # timer has already brought it to 0 W.
