@@ -5,6 +5,7 @@ returns what it printed; a test then asserts on that output in plain Python.
 """
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,27 @@ ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "fixtures"
 sys.path.insert(0, str(ROOT))
 
+from tools import children  # noqa: E402
 from tools.harness import (  # noqa: E402,F401 - shared with the benchmarks
     FIRMWARE, MICROPYPATH, MICROPYTHON, Broker, Firmware, LiveInverter, mp_env, site_config)
+
+# Nothing a test starts outlives the run: every process started from here
+# carries this run's tag in its environment, and whatever still runs when
+# the session ends (a test failed or was interrupted before its cleanup,
+# an orphaned grandchild) is ended then. SIGTERM stops the run as Ctrl-C
+# does, so fixture teardowns and this sweep run for it too.
+RUN_TAG = f"{os.getpid()}.{os.urandom(4).hex()}"
+os.environ["V2G_TEST_RUN"] = RUN_TAG
+signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    left = children.end_tagged("V2G_TEST_RUN", RUN_TAG)
+    if left:
+        print(f"\nconftest: ended {len(left)} process(es) the tests left running:", file=sys.stderr)
+        for pid, cmd in sorted(left.items()):
+            print(f"  {pid} {cmd[:200]}", file=sys.stderr)
 
 
 class MpResult:

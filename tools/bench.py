@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools import children
+
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
 VENV_PY = ROOT / "build" / "venv" / "bin" / "python"
@@ -133,15 +135,14 @@ def bench_kernel(results):
 
 
 def bench_refresh(results):
-    proc = subprocess.Popen([str(VENV_PY), "-m", "tools.sim.inverter_main", "--port", "0", "--pct-sf", "-2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(ROOT))
+    proc = children.spawn([str(VENV_PY), "-m", "tools.sim.inverter_main", "--port", "0", "--pct-sf", "-2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(ROOT))
     try:
         line = proc.stdout.readline()
         port = int(line.split("=")[1])
         results.update(run_mpy(REFRESH_BENCH, [str(port)]))
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        children.end(proc)
 
 
 def bench_modbus(results):
@@ -184,6 +185,7 @@ BENCHES = [bench_kernel, bench_refresh, bench_modbus, bench_can, bench_jitter, b
 
 
 def main():
+    children.exit_on_signals()  # SIGTERM ends the children too (tools/children.py)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     results = {}
     if OUT.exists():

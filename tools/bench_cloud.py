@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from tools import children
 from tools.harness import ROOT, Broker, Firmware, LiveInverter, site_config
 
 DAY_START = 1781452800  # 2026-06-15 00:00 local (UTC+8)
@@ -252,6 +253,7 @@ def run(results, which=("jitter", "heap", "drain")):
 
 
 def main(argv=None):
+    children.exit_on_signals()  # SIGTERM ends the children too (tools/children.py)
     which = (argv if argv is not None else sys.argv[1:]) or ["jitter", "heap", "drain"]
     results = {}
     run(results, which)

@@ -25,11 +25,14 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from tools import children
 
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -89,7 +92,7 @@ class ServerProcess:
         self.proc = None
 
     def start(self, timeout_s=15.0):
-        self.proc = subprocess.Popen(
+        self.proc = children.spawn(
             [sys.executable, "-m", "tools.bench_modbus", "--serve", str(self.port)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -106,9 +109,8 @@ class ServerProcess:
         raise RuntimeError(f"modbus server not listening on {self.port}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        if self.proc:
+            children.end(self.proc, signal.SIGKILL)
 
     def __enter__(self):
         return self.start()

@@ -52,7 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools import build_mpy, check_boards
+from tools import build_mpy, check_boards, children
 
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -851,6 +851,7 @@ def main(argv=None):
     from serial import SerialException
 
     args = parse_args(argv)
+    children.exit_on_signals()  # SIGTERM: a running mpremote or mpy-cross is ended, as for Ctrl-C
     args.boards_dir = str(Path(args.boards_dir).resolve())
     try:
         deploy(args)

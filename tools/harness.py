@@ -3,13 +3,26 @@ port, a real Mosquitto, the SunSpec simulator in-process. Shared by the
 host tests (host_tests/conftest.py) and the benchmarks (tools/bench_cloud.py)."""
 import json
 import os
+import shutil
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
+
+from tools import children
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 MICROPYTHON = str(ROOT / "build" / "venv" / "bin" / "micropython")
 MICROPYPATH = f"{FIRMWARE}:{ROOT / 'build' / 'lib'}:.frozen"
+
+
+def find_mosquitto():
+    """Mosquitto on PATH, else in $V2G_SBIN (default /usr/sbin: Debian puts it
+    there, off a non-root PATH); None when neither has it."""
+    exe = os.path.join(os.environ.get("V2G_SBIN", "/usr/sbin"), "mosquitto")
+    return shutil.which("mosquitto") or (exe if os.access(exe, os.X_OK) else None)
 
 
 def mp_env(extra=None):
@@ -69,18 +82,19 @@ class LiveInverter:
 
 
 class Broker:
-    """A real Mosquitto on a free loopback port (optionally TLS)."""
+    """A real Mosquitto on a loopback port (optionally TLS): a free one, or
+    `port`, which must be free."""
 
-    def __init__(self, tmp_path, tls=None, persistence=False):
-        import shutil
-        import socket as so
-
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        if not os.path.exists(exe):
+    def __init__(self, tmp_path, tls=None, persistence=False, port=0):
+        exe = find_mosquitto()
+        if exe is None:
             raise RuntimeError("mosquitto is not installed (make test installs it: tools/setup_system.sh)")
         self.exe = exe
-        s = so.socket()
-        s.bind(("127.0.0.1", 0))
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as e:
+            raise RuntimeError(f"broker port {port} is taken: {e.strerror}") from None
         self.port = s.getsockname()[1]
         s.close()
         self.dir = tmp_path
@@ -98,24 +112,25 @@ class Broker:
         self.start()
 
     def start(self):
-        import socket as so
-
-        self.log = open(self.dir / f"mosquitto-{self.port}.log", "ab")
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=self.log, stderr=self.log)
+        log_path = self.dir / f"mosquitto-{self.port}.log"
+        with open(log_path, "ab") as log:
+            self.proc = children.spawn([self.exe, "-c", str(self.conf)], stdout=log, stderr=log)
         for _ in range(100):
+            if self.proc.poll() is not None:  # e.g. the port was taken meanwhile
+                said = "".join(": " + t for t in log_path.read_text(errors="replace").strip().splitlines()[-1:])
+                rc, self.proc = self.proc.returncode, None
+                raise RuntimeError(f"mosquitto exited at start (status {rc}){said}")
             try:
-                so.create_connection(("127.0.0.1", self.port), 0.2).close()
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
                 return
             except OSError:
-                import time
-
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError("mosquitto did not start")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        if self.proc:
+            children.end(self.proc)
         self.proc = None
 
 
@@ -161,8 +176,9 @@ class Firmware:
             env["MICROPYPATH"] = f"{out}:{out / 'lib'}:.frozen"
             main = [str(out / "main.py")]
         heap_args = ["-X", f"heapsize={heap}"] if heap else []
-        self.proc = subprocess.Popen(
+        self.proc = children.spawn(
             [MICROPYTHON, *heap_args, *main, str(config_path), "--boards", str(ROOT / "board_configs")],
+            stop_sig=signal.SIGINT,  # the firmware stops cleanly on SIGINT
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mp_env(env), cwd=ROOT)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -201,15 +217,7 @@ class Firmware:
                 self.cond.wait(min(left, 0.5))
 
     def stop(self, sig=None):
-        import signal as sg
-
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig or sg.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        children.end(self.proc, sig, timeout=15)
         self.reader.join(5)
         return self.proc.returncode
 

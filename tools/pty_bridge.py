@@ -47,13 +47,14 @@ import os
 import select
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import termios
 import time
 import tty
 from pathlib import Path
+
+from tools import children
 
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -211,9 +212,9 @@ class Interpreter:
     def __init__(self, cmd, cwd, env):
         self.master, slave = os.openpty()
         _raw_with_isig(slave)
-        self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=cwd,
-                                     env=env, start_new_session=True,
-                                     preexec_fn=_take_controlling_tty, close_fds=True)
+        self.proc = children.spawn(cmd, stdin=slave, stdout=slave, stderr=slave, cwd=cwd,  # dies with the bridge
+                                   env=env, start_new_session=True,
+                                   preexec_fn=_take_controlling_tty, close_fds=True)
         os.close(slave)
         _set_nonblocking(self.master)
         self.started = time.monotonic()

@@ -9,15 +9,17 @@ Ctrl-C in the terminal or a SIGTERM to the whole group (timeout, systemd)
 reaches the firmware once, never a second time in the middle of its stop.
 A third signal while it stops ends it with SIGKILL (the inverter's
 reversion timer then takes it to 0 W). The firmware's exit status is passed
-through (0 on a clean stop, 2 on a bad config).
+through (0 on a clean stop, 2 on a bad config). Should the launcher itself
+die (kill -9), the kernel gives the firmware its SIGINT (tools/children.py).
 """
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tools import children  # noqa: E402
 
 
 def _child_setup():
@@ -50,7 +52,7 @@ def main(argv):
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=_child_setup)
+    proc = children.spawn(cmd, stop_sig=signal.SIGINT, death_sig=signal.SIGINT, env=env, preexec_fn=_child_setup)
     procs.append(proc)
     if signals:
         proc.send_signal(signal.SIGINT)

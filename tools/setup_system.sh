@@ -5,7 +5,8 @@
 # missing; otherwise one line saying what to install, exit 1.
 set -euo pipefail
 need=""
-have() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+sbin=${V2G_SBIN:-/usr/sbin}  # Debian's mosquitto is there, off a non-root PATH
+have() { command -v "$1" >/dev/null 2>&1 || [ -x "$sbin/$1" ]; }
 have mosquitto || need="$need mosquitto"
 have socat || need="$need socat"
 have openssl || need="$need openssl"

@@ -2,6 +2,7 @@
 device's topics and sends signed dispatches at the evening peak, on the
 simulated clock, then says what it saw."""
 import json
+import os
 import threading
 import time
 
@@ -76,20 +77,23 @@ class CloudSide:
         return "\n".join(lines)
 
 
-def start_broker(out_dir, which="auto"):
+def start_broker(out_dir, which="auto", port=0):
     """Mosquitto when installed (or asked for), else the embedded pure-Python
-    broker. -> (port, stop function, name)"""
-    import shutil
+    broker; on `port`, or a free one. -> (port, stop function, name)"""
+    from tools.harness import Broker, find_mosquitto
 
-    from tools.harness import Broker
-
-    have = shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto")
-    if which == "mosquitto" or (which == "auto" and have):
-        b = Broker(out_dir)
+    if which == "mosquitto" or (which == "auto" and find_mosquitto()):
+        if not find_mosquitto():
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto), "
+                               "or use --broker embedded")
+        b = Broker(out_dir, port=port)
         return b.port, b.stop, "mosquitto"
     from tools.sim.mini_broker import run_in_thread
 
-    _, port, stop = run_in_thread(0)
+    try:
+        _, port, stop = run_in_thread(port)
+    except OSError as e:
+        raise RuntimeError(f"broker port {port} is taken: {os.strerror(e.errno) if e.errno else e}") from None
     return port, stop, "embedded broker"
 
 

@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from tools import children
+
 from .clock import WarpClock
 from .cloud_side import DEFAULT_DISPATCHES, CloudSide, start_broker
 from .grid import Grid
@@ -47,7 +49,14 @@ def parse_args(argv=None):
     p.add_argument("--no-dispatch", action="store_true", help="the cloud side sends no dispatch")
     p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
                    help="auto: Mosquitto when installed, else the embedded pure-Python broker")
+    p.add_argument("--broker-port", type=int, default=0, help="the broker's port (default: a free one)")
+    p.add_argument("--inverter-port", type=int, default=0,
+                   help="the inverter's Modbus TCP port (default: a free one)")
     return p.parse_args(argv)
+
+
+class StartError(Exception):
+    """A piece of the simulated site did not start (said in one line)."""
 
 
 def local_start_unix(date, utc_offset_min):
@@ -81,9 +90,10 @@ class Firmware:
         env["V2G_CLOCK"] = clock_env
         self.events = []
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen(
+        self.proc = children.spawn(
             [str(MICROPYTHON), str(ROOT / "firmware" / "main.py"), str(config_path),
              "--boards", str(ROOT / "board_configs")],
+            stop_sig=signal.SIGINT,  # the firmware stops cleanly on SIGINT
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT))
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -103,7 +113,7 @@ class Firmware:
         return None
 
     def stop(self):
-        _end(self.proc, signal.SIGINT)  # the firmware stops cleanly on SIGINT
+        children.end(self.proc)
         self.reader.join(timeout=5)
         self.log.close()
         return self.proc.returncode
@@ -118,7 +128,7 @@ class Vehicle:
         self.soc_file = out / "vehicle_soc.json"
         self.record = out / "vehicle_frames.json"
         self.log = open(out / "vehicle.log", "w")
-        self.proc = subprocess.Popen(
+        self.proc = children.spawn(
             # x20: the capture's 28 s plug-in sequence would be 11 simulated
             # hours at x1440; the CAN timing itself stays real time
             [str(VENV_PY), "-m", "tools.sim.vehicle", "--tcp", "0", "--hold", "--speed", "20",
@@ -135,7 +145,7 @@ class Vehicle:
         os.replace(tmp, self.soc_file)
 
     def stop(self):
-        _end(self.proc)
+        children.end(self.proc)
         self.log.close()
         try:
             return json.loads(self.record.read_text())["report"]
@@ -144,17 +154,19 @@ class Vehicle:
 
 
 class Inverter:
-    def __init__(self, clock_env, soc, capacity_wh, nominal_hz, events, state_path, log_path):
+    def __init__(self, clock_env, soc, capacity_wh, nominal_hz, events, state_path, log_path, port=0):
         self.state_path = state_path
         self.log = open(log_path, "w")
-        cmd = [str(VENV_PY), "-m", "tools.sim.inverter_main", "--port", "0", "--unit", "1",
+        cmd = [str(VENV_PY), "-m", "tools.sim.inverter_main", "--port", str(port), "--unit", "1",
                "--clock", clock_env, "--soc", str(soc), "--capacity-wh", str(capacity_wh),
                "--nominal-hz", str(nominal_hz), "--freq-events", json.dumps(events),
                "--state-file", str(state_path), "--state-period-s", "0.005"]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT))
+        self.proc = children.spawn(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT))
         line = self.proc.stdout.readline()
         if not line.startswith("READY port="):
-            raise RuntimeError("inverter simulator did not start: " + line)
+            self.stop()
+            why = Path(log_path).read_text(errors="replace").strip().splitlines()[-1:] or [line.strip()]
+            raise RuntimeError("inverter simulator: " + why[0])
         self.port = int(line.split("=")[1])
 
     def state(self):
@@ -164,19 +176,8 @@ class Inverter:
             return None
 
     def stop(self):
-        _end(self.proc)
+        children.end(self.proc)
         self.log.close()
-
-
-def _end(proc, sig=signal.SIGTERM):
-    """Ask a child to stop, then make sure."""
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def run(args):
@@ -197,12 +198,14 @@ def run(args):
     state_path = out / "inverter_state.json"
     if state_path.exists():
         state_path.unlink()
-    inverter = Inverter(clock.to_env(), args.soc, site["battery"]["capacity_wh"], nominal, events,
-                        state_path, out / "inverter.log")
-    broker_port, stop_broker, broker_name = start_broker(out, args.broker)
-    vehicle = None
-    if args.vehicle:
-        vehicle = Vehicle(out)
+    try:
+        inverter = Inverter(clock.to_env(), args.soc, site["battery"]["capacity_wh"], nominal, events,
+                            state_path, out / "inverter.log", args.inverter_port)
+        broker_port, stop_broker, broker_name = start_broker(out, args.broker, args.broker_port)
+        vehicle = Vehicle(out) if args.vehicle else None
+    except (RuntimeError, OSError) as e:
+        raise StartError(e) from None
+    if vehicle:
         vehicle.set_soc(args.soc)
     cfg = copy.deepcopy(site)
     cfg["inverter"]["link"] = f"tcp:127.0.0.1:{inverter.port}"
@@ -282,7 +285,20 @@ def run(args):
 
 
 def main(argv=None):
-    return run(parse_args(argv))
+    """Every child is ended on every way out (tools/children.py); a failed
+    start or an interrupt is one line on stderr."""
+    args = parse_args(argv)
+    children.exit_on_signals()
+    try:
+        return run(args)
+    except StartError as e:
+        print(f"sim: cannot start: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sim: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        children.end_all()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 
 from .clock import WarpClock
@@ -85,6 +86,18 @@ def write_state(path, snapshot):
     os.replace(tmp, path)
 
 
+def _bind_error(host, port):
+    """Why (host, port) cannot be listened on, or None."""
+    s = socket.socket()
+    try:
+        s.bind((host, port))
+    except OSError as e:
+        return e.strerror or str(e)
+    finally:
+        s.close()
+    return None
+
+
 async def run(args):
     clock = WarpClock.from_env(args.clock) if args.clock else WarpClock()
     grid = Grid(nominal_hz=args.nominal_hz, events=args.freq_events, seed=args.seed)
@@ -103,7 +116,14 @@ async def run(args):
     loop.add_signal_handler(signal.SIGUSR1, inverter.inject_fault, "OVER_TEMP")
     loop.add_signal_handler(signal.SIGUSR2, inverter.clear_fault)
 
-    port = await inverter.start(args.host, args.port)
+    try:
+        port = await inverter.start(args.host, args.port)
+    except (OSError, RuntimeError):  # pymodbus says only "Could not start listen"
+        reason = _bind_error(args.host, args.port)
+        if reason is None:
+            raise
+        print(f"cannot listen on {args.host}:{args.port}: {reason}", file=sys.stderr, flush=True)
+        return 1
     print("READY port=%d" % port, flush=True)
     stop_wait = asyncio.create_task(stop.wait())
     try:
