@@ -127,9 +127,10 @@ class App:
         self.outbox = Outbox(store_dir, cfg["mqtt"]["outbox_records"])
         self.commands = Commands(cfg, clock, store_dir, self.ctrl)
         self.cloud = CloudLink(cfg, clock, self.ctrl, self.outbox, self.commands, tls_ctx)
-        from v2g.timesync import TimeSync
-
-        self.cloud.timesync = TimeSync(cfg, clock)
+        # SNTP: on a board at every boot (and for RTC drift), on the unix
+        # port only if the OS clock is unset
+        if sys.platform in ("esp32", "rp2") or not clock.trusted():
+            self.cloud.ntp_at_ms = time.ticks_ms()
         self.control_done = False
 
     def _control_thread(self):
@@ -194,6 +195,9 @@ def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
     path, boards = _args(argv)
+    from v2g.control import early_buffers
+
+    early_buffers()
     try:
         cfg, board = load(path, boards)
     except _BadConfig:

@@ -21,6 +21,8 @@
 # Transport timeouts (Modbus, sockets) stay in real time: they are physics.
 import time
 
+from micropython import const
+
 # Boards whose RTC epoch is 2000-01-01 report gmtime(0) as year 2000.
 _EPOCH_OFFSET_S = 946684800 if time.gmtime(0)[0] == 2000 else 0
 # time.ticks_* work modulo a port-specific period; keep warped ticks in it.
@@ -113,6 +115,56 @@ class WarpClock(Clock):
             us = int(ms * 1000 / self.warp)
             if us > 0:
                 time.sleep_us(us)
+
+
+_WALL_CHECK_S = const(5)  # how often the control loop reads the wall clock
+_WALL_JUMP_S = const(2)  # a wall step larger than this is a jump: replan
+
+
+class Follower:
+    """The control loop's time. mono_s: seconds since start, from the
+    ticks, never steps. now_fw_s: wall time as seconds since FW_EPOCH_UNIX,
+    mono_s plus an offset followed with one wall read every _WALL_CHECK_S,
+    or None while the wall clock is not set. Small ints only (but for that
+    one read). Its own object: the controller's attribute table stays
+    small (one block at boot, when the heap is tightest)."""
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.mono_s = 0
+        self.rem_ms = 0
+        self.last_ms = None
+        self.next_check_s = 0
+        self.off_s = None  # now_fw_s - mono_s
+
+    def step(self, now_ms):
+        """-> (now_fw_s or None, what changed: None, "clock_set",
+        "clock_jump" or "clock_lost", step in s or None)."""
+        if self.last_ms is not None:
+            r = self.rem_ms + self.clock.ticks_diff(now_ms, self.last_ms)
+            if r >= 1000:
+                self.mono_s += r // 1000
+                r %= 1000
+            self.rem_ms = r
+        self.last_ms = now_ms
+        what = by_s = None
+        if self.mono_s >= self.next_check_s:
+            self.next_check_s = self.mono_s + _WALL_CHECK_S
+            t = self.clock.time()
+            was = self.off_s
+            if t < FW_EPOCH_UNIX:
+                if was is not None:
+                    what = "clock_lost"
+                self.off_s = None
+            else:
+                off = t - FW_EPOCH_UNIX - self.mono_s
+                if was is None:
+                    what = "clock_set"
+                elif not -_WALL_JUMP_S <= off - was <= _WALL_JUMP_S:
+                    what, by_s = "clock_jump", off - was
+                self.off_s = off
+        off = self.off_s
+        return (None if off is None else self.mono_s + off), what, by_s
 
 
 def parse(spec):

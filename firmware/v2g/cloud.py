@@ -74,7 +74,10 @@ class CloudLink:
         self.pending_events = []
         self.last_error = None
         self.running = False
-        self.timesync = None  # a v2g.timesync.TimeSync (set by the app)
+        # SNTP (v2g.timesync): loaded only while wanted, at ntp_at_ms
+        # (ticks; None: never, set by the app), and unloaded once it answered
+        self.timesync = None
+        self.ntp_at_ms = None
 
     # --- connection
 
@@ -224,17 +227,31 @@ class CloudLink:
     def _sync_time(self):
         # bounded (one UDP exchange, 2 s); the control loop sees the clock
         # step at its next wall check and replans (clock_set / clock_jump)
-        got = self.timesync.step()
-        if got is not None:
-            ts = self.timesync
-            log.event("sntp", {"server": ts.host + ":" + str(ts.port), "was": got[0], "step_s": got[1]})
+        ts = self.timesync
+        if ts is None:
+            if time.ticks_diff(time.ticks_ms(), self.ntp_at_ms) < 0:
+                return
+            from v2g.timesync import TimeSync
+
+            ts = self.timesync = TimeSync(self.cfg, self.clock)
+        got = ts.step()
+        if got is None:
+            return
+        log.event("sntp", {"server": ts.host + ":" + str(ts.port), "was": got[0], "step_s": got[1]})
+        # its 1.5 KB are worth more to TLS until the next resync (boards:
+        # RTC drift; the unix port keeps the OS clock from now on)
+        self.ntp_at_ms = time.ticks_add(time.ticks_ms(), ts.resync_ms) if ts.on_board else None
+        self.timesync = None
+        import v2g
+
+        v2g.unload("v2g.timesync")
 
     # --- loop
 
     def step(self):
         """One pass: never blocks longer than the socket timeout."""
         self._collect()
-        if self.timesync is not None:
+        if self.ntp_at_ms is not None:
             self._sync_time()
         if not self.connected:
             if time.ticks_diff(time.ticks_ms(), self.next_try_ms) < 0:

@@ -14,15 +14,13 @@ from micropython import const
 
 from v2g import kernel as K
 from v2g import log
-from v2g.clock import FW_EPOCH_UNIX, Clock
+from v2g.clock import FW_EPOCH_UNIX, Clock, Follower
 from v2g.guard import FAULT, HOLD, RUN, Guard, Meas
 from v2g.modbus import ModbusError
 from v2g.plan import Plan
 
 _SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan's basis
 _JITTER_RING = const(256)  # last tick start delays kept for p50/p99/max (51 s at 200 ms)
-_WALL_CHECK_S = const(5)  # how often the loop reads the wall clock to follow it
-_WALL_JUMP_S = const(2)  # a wall step larger than this is a jump: replan
 _MAX_DISPATCH_S = const(4 * 3600)
 
 
@@ -111,6 +109,27 @@ def int_array(n):
     return array.array("i", range(n))
 
 
+_TM_RING = const(64)  # telemetry samples between the threads
+_early = []  # the loop's int rings, made by early_buffers() at boot
+
+
+def early_buffers():
+    """Make the control loop's rings (2.5 KB in two blocks) first thing at
+    boot, while the heap is whole: after the config validator's garbage
+    the heap may hold enough bytes but no 1.5 KB block."""
+    if not _early:
+        _early.append(int_array(_TM_FIELDS * _TM_RING))
+        _early.append(int_array(_JITTER_RING))
+
+
+def _ring(n):
+    """n int slots: one early_buffers() made, else a new one."""
+    for i in range(len(_early)):
+        if len(_early[i]) == n:
+            return _early.pop(i)
+    return int_array(n)
+
+
 class SampleRing:
     """Telemetry samples from the control thread to the cloud thread, in a
     ring of ints allocated once: a sample leaves no garbage in the control
@@ -120,7 +139,7 @@ class SampleRing:
 
     def __init__(self, size):
         self.size = size
-        self.buf = int_array(_TM_FIELDS * size)
+        self.buf = _ring(_TM_FIELDS * size)
         self.first = 0
         self.n = 0
         self.dropped = 0
@@ -199,25 +218,17 @@ class Controller:
         self.inbox = Mailbox(16)
         self.actions_posted = 0  # post() count (cloud/REPL threads)
         self.actions_applied = 0  # actions taken from the inbox (control thread)
-        self.telemetry = SampleRing(64)
+        self.telemetry = SampleRing(_TM_RING)
         self.events = Mailbox(64)
         self.mode_seq = 0  # bumps on every mode change (the cloud republishes state)
         self.user_mode = "auto"
         self.dispatch = None  # (ev_w, until unix s, lapses at mono_s, until fw_s)
         self.telemetry_s = cfg["mqtt"]["telemetry_s"]
-        # Time (see v2g.clock): mono_s counts seconds since start from the
-        # ticks, never steps; now_fw_s is the wall time as seconds since
-        # FW_EPOCH_UNIX, followed from mono_s and the wall clock read every
-        # _WALL_CHECK_S, or None while the wall clock is not set. Lapses and
-        # periods run on mono_s, so a wall clock stepping back cannot stretch
-        # a dispatch or stop telemetry; tariff and departure use now_fw_s.
-        self.mono_s = 0
-        self._mono_rem_ms = 0
-        self._last_ms = None
-        self._next_wall_check_s = 0
-        self._wall_off_s = None  # now_fw_s - mono_s
+        # Time (v2g.clock.Follower): lapses and periods run on its mono_s,
+        # so a wall clock stepping back cannot stretch a dispatch or stop
+        # telemetry; tariff and departure use now_fw_s (None: not set).
+        self.time = Follower(clock)
         self.now_fw_s = None
-        self.clock_jumps = 0
         self.next_telemetry_s = 0  # mono_s
         self.running = False
         # Ctrl-C / SIGINT is for the main thread, which decides what stops;
@@ -225,7 +236,7 @@ class Controller:
         # protection goes on (the cloud loop raises it in the main thread)
         self.interrupted = False
         self.wdt = None  # a hardware watchdog (v2g.board.watchdog), fed by every tick
-        self.jitter_us = int_array(_JITTER_RING)
+        self.jitter_us = _ring(_JITTER_RING)
         self._last_fault_rec = None
         self.jitter_n = 0
         self._follow_time(clock.ticks_ms())  # a saved dispatch is checked against it
@@ -319,40 +330,16 @@ class Controller:
         if why:
             self._event("dispatch_dropped", {"until": until_unix, "why": why})
             return why
-        self.dispatch = (ev_w, until_unix, self.mono_s + left_s, now + left_s)
+        self.dispatch = (ev_w, until_unix, self.time.mono_s + left_s, now + left_s)
         return None
 
     def _follow_time(self, now_ms):
-        """Advance mono_s from the ticks; every _WALL_CHECK_S follow the
-        wall clock, and on a step (SNTP, a technician, an RTC reset) tell
-        the cloud and replan. Small ints only, except the one wall read."""
-        if self._last_ms is not None:
-            r = self._mono_rem_ms + self.clock.ticks_diff(now_ms, self._last_ms)
-            if r >= 1000:
-                self.mono_s += r // 1000
-                r %= 1000
-            self._mono_rem_ms = r
-        self._last_ms = now_ms
-        if self.mono_s >= self._next_wall_check_s:
-            self._next_wall_check_s = self.mono_s + _WALL_CHECK_S
-            t = self.clock.time()
-            if t < FW_EPOCH_UNIX:
-                if self._wall_off_s is not None:
-                    self._event("clock_lost", {"wall": t})
-                    self.plan.computed_at = None
-                self._wall_off_s = None
-            else:
-                off = t - FW_EPOCH_UNIX - self.mono_s
-                was = self._wall_off_s
-                if was is None or not -_WALL_JUMP_S <= off - was <= _WALL_JUMP_S:
-                    if was is not None:
-                        self.clock_jumps += 1
-                    self._event("clock_set" if was is None else "clock_jump",
-                                {"by_s": None if was is None else off - was})
-                    self.plan.computed_at = None  # replan on the new time
-                self._wall_off_s = off
-        off = self._wall_off_s
-        self.now_fw_s = None if off is None else self.mono_s + off
+        """Follow the time; on a step of the wall clock (SNTP, a technician,
+        an RTC reset) tell the cloud and replan on the new time."""
+        self.now_fw_s, what, by_s = self.time.step(now_ms)
+        if what is not None:
+            self._event(what, {"by_s": by_s})
+            self.plan.computed_at = None
 
     def soc_pct(self):
         soc = self.guard.soc_cpct
@@ -424,7 +411,7 @@ class Controller:
             return self.cfg["limits"]["charge_w"], "charge_now", self.plan.target_pct()
         d = self.dispatch
         if d is not None:
-            if now_s is not None and now_s < d[3] and self.mono_s < d[2]:
+            if now_s is not None and now_s < d[3] and self.time.mono_s < d[2]:
                 return d[0], "dispatch", None
             self.dispatch = None
             self._event("dispatch_lapsed", {"until": d[1]})
@@ -486,7 +473,7 @@ class Controller:
         self._set_mode(g, req_w, why)
         if self.link_ok:
             self._southbound_write(sp, now_ms)
-        mono = self.mono_s
+        mono = self.time.mono_s
         if mono >= self.next_telemetry_s:
             self.next_telemetry_s = mono - mono % self.telemetry_s + self.telemetry_s
             g, m = self.guard, self.meas

@@ -189,7 +189,8 @@ def selftest():
     wall_ok = a.clock.trusted()  # the rule the control loop and commands use
     ts = a.cloud.timesync
     check("clock", wall_ok and ticking, "wall %s%s" % (
-        _local(now) if wall_ok else "not set (%d; SNTP %s: %s)" % (now, ts.host, ts.last_error or "no answer yet"),
+        _local(now) if wall_ok else "not set (%d; SNTP %s: %s)" % (
+            now, a.cfg["ntp"]["server"], ts.last_error if ts and ts.last_error else "no answer yet"),
         ", control ticking" if ticking else ", control loop NOT ticking (3 s)"))
     path = a.cfg["store"]["dir"] + "/selftest.tmp"
     try:

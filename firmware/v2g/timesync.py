@@ -2,8 +2,9 @@
 # by a timeout. Runs in the cloud thread (it is network I/O); the control
 # loop only sees the clock become trusted, or step, and replans.
 #
-# When: until the clock is trusted, every few seconds growing to 5 min; after
-# that every ntp.resync_s (boards only: on the unix port the OS keeps time).
+# When: made by the cloud link when SNTP is wanted (a board at boot and every
+# ntp.resync_s; the unix port when the OS clock is unset); asks every few
+# seconds growing to 5 min until a server answers, then is unloaded.
 import socket
 import struct
 import sys
@@ -64,20 +65,12 @@ class TimeSync:
         self.on_board = sys.platform in ("esp32", "rp2") if on_board is None else on_board
         self.retry_ms = _RETRY_MIN_MS
         self.next_ms = time.ticks_ms()
-        self.synced = False
         self.last_error = None
-
-    def due(self):
-        if self.synced and not self.on_board:
-            return False
-        if not self.synced and not self.on_board and self.clock.trusted():
-            return False  # the unix port: the OS clock is set
-        return time.ticks_diff(time.ticks_ms(), self.next_ms) >= 0
 
     def step(self):
         """One attempt when due. Returns (unix_s before, step s) on success,
         else None (raises nothing: a missing time server is not a fault)."""
-        if not self.due():
+        if time.ticks_diff(time.ticks_ms(), self.next_ms) < 0:
             return None
         try:
             t = query(self.host, self.port)
@@ -87,9 +80,4 @@ class TimeSync:
             self.retry_ms = min(self.retry_ms * 2, _RETRY_MAX_MS)
             return None
         before = self.clock.time()
-        step = self.clock.set_wall(t)
-        self.synced = True
-        self.last_error = None
-        self.retry_ms = _RETRY_MIN_MS
-        self.next_ms = time.ticks_add(time.ticks_ms(), self.resync_ms)
-        return before, step
+        return before, self.clock.set_wall(t)
