@@ -1,13 +1,19 @@
 """`make sim` end to end, shortened: the day report has the contract's keys
 and the day's checks hold (departure met, reserve kept, off-peak share,
-no faults, dispatches honoured), with each broker and with the car."""
+no faults, dispatches honoured, the setpoint refreshed within the inverter's
+reversion window), with each broker and with the car."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
+from tools.sim.day import RunDir
+
+SHM = Path("/dev/shm")
 
 KEYS = {"offpeak_charge_share", "departure_soc_pct", "min_soc_pct", "energy_in_wh", "energy_out_wh",
         "export_revenue", "import_cost", "faults"}
@@ -20,6 +26,16 @@ def run_sim(tmp_path, *args):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rep = json.loads((out / "report.json").read_text())
     assert (out / "day.png").stat().st_size > 20000
+    # the worst time between two setpoint refreshes, well inside the window
+    assert rep["checks"]["setpoint_refreshed_in_time"] is True
+    assert 0 < rep["max_setpoint_gap_s"] < rep["revert_window_s"] and rep["setpoint_gap_vs_revert"] < 1
+    assert rep["max_setpoint_gap_real_ms"] > 0 and rep["setpoint_refreshes"] > 100
+    # the store and the inverter's snapshot lived in memory, and are left in out
+    store = Path(json.loads((out / "site.json").read_text())["store"]["dir"])
+    if SHM.is_dir() and os.access(SHM, os.W_OK):
+        assert SHM in store.parents
+    assert not store.parent.exists()
+    assert (out / "data" / "outbox.meta").exists() and (out / "inverter_state.json").exists()
     return rep, res.stdout
 
 
@@ -45,3 +61,33 @@ def test_day_with_the_chademo_car(tmp_path):
     v = rep["vehicle"]
     assert v["undecodable"] == 0 and v["received"] > 500
     assert {"charging", "discharging"} <= set(v["states"])
+
+
+def test_run_dir_is_in_memory_and_leaves_its_files_in_out(tmp_path):
+    """The files a day rewrites hundreds of times a wall second (the
+    inverter's snapshot, the firmware's store) are kept off the disk, whose
+    journal can hold a rename or an append for the whole reversion window."""
+    out = tmp_path / "sim"
+    out.mkdir()
+    (out / "data").mkdir()
+    (out / "data" / "stale").write_text("from the last run")
+    (out / "inverter_state.json").write_text("{}")
+    shm = SHM.is_dir() and os.access(SHM, os.W_OK)
+    if shm:  # one left by a sim that was killed: its pid is gone
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout.strip()
+        left = SHM / f"v2g-sim-{dead}-x"
+        left.mkdir()
+    rd = RunDir(out)
+    try:
+        assert not (out / "data").exists() and not (out / "inverter_state.json").exists()
+        if shm:
+            assert rd.path.parent == SHM and not left.exists()
+        rd.data.mkdir()
+        (rd.data / "outbox.jsonl").write_text("record\n")
+        rd.state.write_text('{"sim_s": 1}')
+    finally:
+        rd.close()
+    assert not rd.path.exists()
+    assert (out / "data" / "outbox.jsonl").read_text() == "record\n"
+    assert json.loads((out / "inverter_state.json").read_text()) == {"sim_s": 1}

@@ -373,6 +373,9 @@ def test_revert_timer_falls_back_to_wsetrvrt():
         assert inv.ev_w == pytest.approx(4000)
         ctl.setpoint(-4000)
     assert inv.reversions == 0
+    snap = inv.snapshot()  # the refreshes and the longest time between two
+    assert snap["refreshes"] == 6 and snap["revert_s"] == 10
+    assert snap["max_refresh_gap_s"] == pytest.approx(6.0) and snap["max_refresh_gap_real_s"] >= 0
     run_for(inv, clock, 5.0)
     assert ctl.read(704).WSetRvrtRem.value == 5
     run_for(inv, clock, 5.5)
@@ -383,6 +386,7 @@ def test_revert_timer_falls_back_to_wsetrvrt():
     run_for(inv, clock, 30.0)
     assert inv.reversions == 1  # once per missed refresh, not once per step
     ctl.setpoint(-4000)
+    assert inv.snapshot()["max_refresh_gap_s"] == pytest.approx(41.5)  # the silence that reverted
     run_for(inv, clock, 1.0)
     assert inv.ev_w == pytest.approx(4000)
 
@@ -637,3 +641,57 @@ def test_inverter_process_end_to_end(tmp_path):
     assert rc == 0
     final = json.loads(state.read_text())
     assert final["wh_out"] > 0 and final["reversions"] == 0
+
+
+def test_a_state_file_that_blocks_does_not_silence_the_modbus_server(tmp_path):
+    """The state snapshot goes to a file; a file write can block (a rename
+    behind a journal commit took 0.2 s, the whole reversion window of `make
+    sim`). Here the file blocks for good: its temporary file is a FIFO nobody
+    reads. The inverter must go on answering Modbus meanwhile: the file is
+    written from a thread of its own, never from the loop that serves."""
+    state = tmp_path / "state.json"
+    os.mkfifo(str(state) + ".tmp")  # write_state opens STATE.tmp: blocks until a reader comes
+    cmd = [sys.executable, "-m", "tools.sim.inverter_main", "--port", "0", "--state-file", str(state),
+           "--state-period-s", "0.005"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    client = None
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "no READY line within 30 s"
+        line = proc.stdout.readline().strip()
+        assert line.startswith("READY port="), line
+        client = ModbusTcpClient("127.0.0.1", port=int(line.split("=")[1]), framer=FramerType.RTU,
+                                 timeout=5, retries=0)
+        assert client.connect()
+        for _ in range(3):  # the writer is stuck in open() all along
+            rr = client.read_holding_registers(40000, count=2, device_id=1)
+            assert not rr.isError(), rr
+            assert struct.pack(">2H", *rr.registers) == b"SunS"
+        # a reader comes: the stuck snapshot goes through, later ones follow
+        fd = os.open(str(state) + ".tmp", os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            got = b""
+            while not got.endswith(b"}"):
+                assert select.select([fd], [], [], 10)[0], "the writer never wrote"
+                chunk = os.read(fd, 65536)
+                assert chunk, got
+                got += chunk
+        finally:
+            os.close(fd)
+        assert json.loads(got)["reversions"] == 0  # the snapshot that waited, whole
+        deadline = time.monotonic() + 10
+        while not state.is_file() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert state.is_file()  # a regular file again, rewritten as before
+    finally:
+        if client is not None:
+            client.close()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the old loop, blocked in open(), never sees SIGTERM
+            rc = proc.wait(5)
+    assert rc == 0
+    final = json.loads(state.read_text())
+    assert final["transactions"] >= 3 and final["reversions"] == 0

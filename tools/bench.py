@@ -14,6 +14,8 @@ same run, written to build/bench/results.json (one flat object of numbers).
     min_heap_kb_plain_romfs, min_heap_kb_tls_romfs   the same from a ROMFS image
                                        (heap beyond the image, which a board keeps in flash)
     code_ram_kb_32bit / _64bit         the loaded modules on a 32-bit (wasm) and this port
+    soak_failed_checks, soak_worst_refresh_gap_{s,vs_revert,real_ms}   shortened
+                                       days back to back beside CPU hogs (tools/bench_soak.py)
 
     make bench               all of them (several minutes: the heap search runs
                              a simulated day per probe)
@@ -181,7 +183,14 @@ def bench_heap32(results):
     bench_heap32.run(results)
 
 
-BENCHES = [bench_kernel, bench_refresh, bench_modbus, bench_can, bench_jitter, bench_drain, bench_heap, bench_heap32]
+def bench_soak(results):
+    from tools import bench_soak
+
+    bench_soak.run(results)
+
+
+BENCHES = [bench_kernel, bench_refresh, bench_modbus, bench_can, bench_jitter, bench_drain, bench_heap, bench_heap32,
+           bench_soak]
 
 
 def main():

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -57,6 +58,54 @@ def parse_args(argv=None):
 
 class StartError(Exception):
     """A piece of the simulated site did not start (said in one line)."""
+
+
+class RunDir:
+    """Where the files the day rewrites hundreds of times a wall second live
+    while it runs: the inverter's state snapshot (every 5 ms) and the
+    firmware's store (an outbox append per telemetry record, ~100 a second
+    at x960). On a disk one such rename or append was measured blocking for
+    0.1-0.2 s behind a journal commit (write-back after the set-up's install,
+    another job's I/O): at x960 that is the whole reversion window, and on
+    the unix port a garbage collection in the firmware's control thread waits
+    for the cloud thread stuck in its write (every thread is signalled to
+    scan its own stack), so the setpoint refresh stalls with it. In memory
+    (/dev/shm, when there is one) nothing waits for the disk; close() leaves
+    the last snapshot and the store in `out` as before."""
+
+    def __init__(self, out):
+        self.out = out
+        # a fresh device every run: no command seq, settings or outbox from the last
+        (out / "inverter_state.json").unlink(missing_ok=True)
+        shutil.rmtree(out / "data", ignore_errors=True)
+        shm = Path("/dev/shm")
+        base = shm if shm.is_dir() and os.access(shm, os.W_OK) else out
+        for old in base.glob("v2g-sim-*-*"):  # left by a sim that was killed (-9)
+            pid = old.name.split("-")[2]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+        self.path = Path(tempfile.mkdtemp(prefix=f"v2g-sim-{os.getpid()}-", dir=base))
+        self.state = self.path / "inverter_state.json"
+        self.data = self.path / "data"
+
+    def close(self):
+        try:
+            if self.state.exists():
+                shutil.copyfile(self.state, self.out / "inverter_state.json")
+            if self.data.exists():
+                shutil.copytree(self.data, self.out / "data")
+        finally:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # someone else's
+    return True
 
 
 def local_start_unix(date, utc_offset_min):
@@ -183,6 +232,15 @@ class Inverter:
 def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    run_dir = RunDir(out)
+    try:
+        return _day(args, out, run_dir)
+    finally:
+        children.end_all()  # the inverter writes its last snapshot as it stops
+        run_dir.close()
+
+
+def _day(args, out, run_dir):
     if args.config is None:
         args.config = str(ROOT / "examples" / ("site_chademo.json" if args.vehicle else "site.json"))
     site = json.loads(Path(args.config).read_text())
@@ -195,12 +253,9 @@ def run(args):
     # The clock starts a moment in the future so both processes are up at 00:00.
     lead_real_s = 1.5
     clock = WarpClock(warp, real_epoch=time.time() + lead_real_s, sim_epoch=start_s)
-    state_path = out / "inverter_state.json"
-    if state_path.exists():
-        state_path.unlink()
     try:
         inverter = Inverter(clock.to_env(), args.soc, site["battery"]["capacity_wh"], nominal, events,
-                            state_path, out / "inverter.log", args.inverter_port)
+                            run_dir.state, out / "inverter.log", args.inverter_port)
         broker_port, stop_broker, broker_name = start_broker(out, args.broker, args.broker_port)
         vehicle = Vehicle(out) if args.vehicle else None
     except (RuntimeError, OSError) as e:
@@ -212,11 +267,7 @@ def run(args):
     if vehicle:
         cfg.setdefault("vehicle", {}).update(driver="chademo", link=vehicle.link)
     cfg["mqtt"].update(host="127.0.0.1", port=broker_port, tls=False)
-    # a fresh device every run: no command seq, settings or outbox from the last
-    data = out / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    cfg.setdefault("store", {})["dir"] = str(data)
+    cfg.setdefault("store", {})["dir"] = str(run_dir.data)
     # The inverter's reversion timer runs in simulated time; at x1000 a 10 s
     # timer is 10 ms of wall time, less than a scheduling hiccup. Stretch it
     # to at least 0.2 s of wall time so only a real silence trips it.

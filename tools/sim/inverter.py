@@ -16,6 +16,7 @@ clock.py), so a warped day runs with the same timers the firmware sees.
 
 import asyncio
 import math
+import time
 import traceback
 from collections import deque
 
@@ -63,6 +64,14 @@ class SimInverter:
         self.transactions = 0
         self.writes = deque(maxlen=100000)  # (sim_s, WSet in W, grid sign) per write of WSet
         self.controller_hb_s = None  # sim time of the last ControllerHb write
+        # Setpoint refreshes (writes that restart the reversion timer) and the
+        # longest time between two of them, in simulated and in wall seconds:
+        # at x1000 a wall-clock stall of either process is 1000 times longer
+        # here, so the report shows how close the day came to a reversion.
+        self.refreshes = 0
+        self.max_refresh_gap_s = None
+        self.max_refresh_gap_real_s = None
+        self._lease_real_s = None
         self._last_step_s = None
         self._hb_epoch_s = None
         self._lease_start_s = None  # last write of WSet/WSetEna starts the revert timer
@@ -161,6 +170,7 @@ class SimInverter:
         now_s = self.clock.now()
         written = {(p.model_id, p.name) for p in self.map.points_at(addr, len(values))}
         if written & {(704, "WSet"), (704, "WSetEna"), (704, "WSetPct")}:
+            self._refreshed(now_s, time.monotonic())
             self._lease_start_s = now_s
             self._reverted = False
         if (704, "WSet") in written:
@@ -173,6 +183,17 @@ class SimInverter:
         if (711, "AdptCtlReq") in written:
             # Ctl[0] is the active control; adopting is acknowledged at once.
             self.map.set(711, "AdptCtlRslt", self._sym(711, "AdptCtlRslt", "COMPLETED"))
+
+    def _refreshed(self, now_s, real_s):
+        if self._lease_start_s is not None:
+            gap_s = now_s - self._lease_start_s
+            gap_real_s = real_s - self._lease_real_s
+            if self.max_refresh_gap_s is None or gap_s > self.max_refresh_gap_s:
+                self.max_refresh_gap_s = gap_s
+            if self.max_refresh_gap_real_s is None or gap_real_s > self.max_refresh_gap_real_s:
+                self.max_refresh_gap_real_s = gap_real_s
+        self._lease_real_s = real_s
+        self.refreshes += 1
 
     # ---- test hooks ------------------------------------------------------------
 
@@ -356,6 +377,11 @@ class SimInverter:
             "wset_writes": len(self.writes),
             "transactions": self.transactions,
             "alarm": self.alarm,
+            "revert_s": self.map.get(704, "WSetRvrtTms") or 0,
+            "refreshes": self.refreshes,
+            "max_refresh_gap_s": None if self.max_refresh_gap_s is None else round(self.max_refresh_gap_s, 3),
+            "max_refresh_gap_real_s": (None if self.max_refresh_gap_real_s is None
+                                       else round(self.max_refresh_gap_real_s, 4)),
         }
 
     # ---- Modbus server -----------------------------------------------------------

@@ -45,7 +45,8 @@ def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wal
             faults.append({"t": e.get("t"), "fault": e.get("fault")})
         elif e.get("ev") == "internal_error":
             faults.append({"t": e.get("t"), "fault": "internal_error", "detail": e.get("error")})
-    reversions = samples[-1]["reversions"] if samples else 0
+    last = samples[-1] if samples else {}
+    reversions = last.get("reversions", 0)
     if reversions:
         faults.append({"t": None, "fault": "inverter_reverted", "count": reversions})
     if firmware_rc not in (0, None):
@@ -80,6 +81,18 @@ def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wal
         "wall_s": round(wall_s, 1),
         "firmware_exit_code": firmware_rc,
     }
+    # The setpoint refresh against the inverter's reversion window (704
+    # WSetRvrtTms as written): the worst time between two refreshes, in
+    # simulated seconds (what the inverter counts) and in wall seconds (where
+    # a stall of either process comes from).
+    revert_s = last.get("revert_s") or None
+    gap_s = last.get("max_refresh_gap_s")
+    gap_real_s = last.get("max_refresh_gap_real_s")
+    rep["revert_window_s"] = revert_s
+    rep["max_setpoint_gap_s"] = None if gap_s is None else round(gap_s, 1)
+    rep["max_setpoint_gap_real_ms"] = None if gap_real_s is None else round(gap_real_s * 1000, 1)
+    rep["setpoint_gap_vs_revert"] = None if gap_s is None or not revert_s else round(gap_s / revert_s, 3)
+    rep["setpoint_refreshes"] = last.get("refreshes")
     if cloud is not None:
         for k in ("dispatches_sent", "dispatches_honoured", "dispatches_limited"):
             rep[k] = cloud[k]
@@ -90,6 +103,7 @@ def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wal
         "reserve_kept": min_soc is not None and (min_soc >= b["reserve_pct"] or min_soc >= socs[0]),
         "offpeak_share_ok": rep["offpeak_charge_share"] is not None and rep["offpeak_charge_share"] >= 0.8,
         "no_faults": not faults,
+        "setpoint_refreshed_in_time": gap_s is not None and bool(revert_s) and gap_s < revert_s,
     }
     rep["checks"] = checks
     rep["ok"] = all(checks.values())
@@ -126,6 +140,9 @@ def text(rep):
         f"lowest SoC                  {rep['min_soc_pct']} % (reserve {rep['reserve_pct']} %)",
         f"faults                      {len(rep['faults'])}" + ("" if not rep["faults"] else f"  {rep['faults']}"),
     ]
+    if rep.get("setpoint_gap_vs_revert") is not None:
+        lines.append(f"setpoint refresh            worst gap {rep['max_setpoint_gap_s']} s of the {rep['revert_window_s']} s "
+                     f"reversion window ({rep['max_setpoint_gap_real_ms']} ms of wall time)")
     if "dispatches_sent" in rep:
         lines.append(f"dispatches                  {rep['dispatches_sent']} sent, {rep['dispatches_honoured']} honoured, "
                      f"{rep['dispatches_limited']} limited")
