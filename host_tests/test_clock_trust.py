@@ -44,6 +44,14 @@ class DeadInverter:
         raise ModbusError("no answer")
 
 cfg = config.load('examples/site.json')
+def started(wall_s):
+    # a controller at 70 % SoC, one second after start
+    clk = FakeClock(wall_s)
+    c = Controller(cfg, clk, DeadInverter())
+    c.guard.soc_cpct = 7000
+    clk.ms += 1000
+    c._follow_time(clk.ms)
+    return clk, c
 def evs(c, kind):
     return [e for e in c.events.take() if e["ev"] == kind]
 """
@@ -77,11 +85,7 @@ print(json.dumps({{"dropped": dropped, "dispatch": c.dispatch, "reqs": sorted(re
 
 def test_clock_set_later_starts_the_plan_and_a_stale_saved_dispatch_is_dropped(mpy):
     out = mpy(_FAKE + f"""
-clk = FakeClock({Y2000})
-c = Controller(cfg, clk, DeadInverter())
-c.guard.soc_cpct = 7000
-clk.ms += 1000
-c._follow_time(clk.ms)
+clk, c = started({Y2000})
 before = c._request(c.now_fw_s)[1]
 clk.wall0 = {EVENING_S} - 1  # SNTP answered
 clk.ms += 5000
@@ -103,11 +107,7 @@ print(json.dumps({{"before": before, "after": after, "set": set_evs, "dropped": 
 
 def test_wall_clock_stepping_back_does_not_stretch_a_dispatch_or_stop_replans_or_telemetry(mpy):
     out = mpy(_FAKE + f"""
-clk = FakeClock({EVENING_S})
-c = Controller(cfg, clk, DeadInverter())
-c.guard.soc_cpct = 7000
-clk.ms += 1000
-c._follow_time(clk.ms)
+clk, c = started({EVENING_S})
 c._do(("dispatch", -3000, {EVENING_S} + 1 + 1800))  # 30 min
 samples = 0
 jumps = []
