@@ -312,9 +312,15 @@ def test_inputs_that_crashed_or_failed_later_are_config_errors(tmp_path, case, e
     assert not (tmp_path / "store").exists()  # nothing was written either
 
 
+def _shell_env():
+    """The environment of `make run` typed at a shell: not a sub-make of
+    `make test` (whose MAKELEVEL would make it print "make[1]:")."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES")}
+
+
 def _make_run(config_path, timeout=30):
     return subprocess.run(["make", "-s", "--no-print-directory", "run", f"CONFIG={config_path}"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=_shell_env())
 
 
 def test_make_run_exits_2_on_a_config_error(tmp_path):
@@ -345,7 +351,8 @@ def test_launcher_passes_other_exit_codes_through_and_make_names_them(tmp_path):
     for via_make in (False, True):
         cmd = (["make", "-s", "--no-print-directory", "run", f"CONFIG={p}"] if via_make else
                [str(ROOT / "build" / "venv" / "bin" / "python"), str(ROOT / "tools" / "run_unix.py"), str(p)])
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=_shell_env())
         fw = None
         try:
             # the firmware runs: its first event line
