@@ -228,3 +228,55 @@ def test_board_booting_at_2000_refuses_time_commands_until_sntp_then_plans(tmp_p
     finally:
         cloud.close()
         sntp.close()
+
+
+def test_the_tick_reads_the_wall_clock_once_per_wall_check_not_every_tick(mpy):
+    # On a 32-bit board each wall read is a big int on the heap: the control
+    # tick keeps it to one read every 5 s (25 ticks at 200 ms), not one a tick.
+    out = mpy(_FAKE + f"""
+class CountingClock(FakeClock):
+    reads = 0
+    def time(self):
+        self.reads += 1
+        return FakeClock.time(self)
+clk = CountingClock({EVENING_S})
+c = Controller(cfg, clk, DeadInverter())
+r0 = clk.reads
+for i in range(1000):
+    clk.ms += c.period_ms
+    c.tick()
+print(json.dumps({{"reads": clk.reads - r0, "ticks": 1000}}))
+""")
+    got = out.json()
+    # 200 s of ticks: 40 wall checks, and the odd read for an event record
+    assert got["reads"] <= 1000 // 25 + 10, got
+
+
+def test_a_board_with_wifi_joins_it_at_boot_without_waiting(mpy, tmp_path):
+    # No radio here: a stand-in `network` module records what the firmware
+    # asks of the WLAN interface (a board's is network.WLAN(STA_IF)).
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "network.py").write_text(
+        "STA_IF = 0\ncalls = []\n"
+        "class WLAN:\n"
+        "    def __init__(self, i): calls.append(('WLAN', i))\n"
+        "    def active(self, on): calls.append(('active', on))\n"
+        "    def isconnected(self): return False\n"
+        "    def connect(self, ssid, pw): calls.append(('connect', ssid, pw))\n")
+    out = mpy(f"""
+import json, sys
+sys.path.insert(0, {str(shim)!r})
+from v2g import config
+from v2g.board import wifi_up
+import network
+cfg = config.load('examples/site.json')
+none = wifi_up(cfg)
+cfg["wifi"] = {{"ssid": "farmhouse", "password": "pw-123456"}}
+w = wifi_up(cfg)
+print(json.dumps({{"none": none is None, "calls": network.calls, "got": w is not None}}))
+""")
+    got = out.json()
+    assert got["none"] is True  # no wifi.ssid: the network is someone else's
+    assert got["got"] is True
+    assert got["calls"] == [["WLAN", 0], ["active", True], ["connect", "farmhouse", "pw-123456"]]
