@@ -57,11 +57,9 @@ def load(path, boards_dir):
     # The validator (schema and rules) is the largest module and is done
     # now: unload it, its RAM is worth more to TLS.
     del config
-    sys.modules.pop("v2g.config", None)
     import v2g
 
-    if "config" in v2g.__dict__:
-        del v2g.__dict__["config"]
+    v2g.unload("v2g.config")
     import gc
 
     gc.collect()

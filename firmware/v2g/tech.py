@@ -292,10 +292,7 @@ def restart():
 
 
 def _unload(name):
-    import sys
-
-    sys.modules.pop(name, None)
     import v2g
 
-    v2g.__dict__.pop(name.split(".")[-1], None)
+    v2g.unload(name)
     gc.collect()

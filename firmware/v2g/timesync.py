@@ -12,6 +12,8 @@ import time
 
 from micropython import const
 
+from v2g.board import host_port
+
 _NTP_TO_UNIX_S = const(2208988800)  # 1900-01-01 -> 1970-01-01
 _TIMEOUT_S = const(2)
 _RETRY_MIN_MS = const(5000)
@@ -49,20 +51,14 @@ def query(host, port=123, timeout_s=_TIMEOUT_S):
     return secs - _NTP_TO_UNIX_S
 
 
-def _server(text):
-    i = text.rfind(":")
-    if i > 0:
-        return text[:i], int(text[i + 1:])
-    return text, 123
-
-
 class TimeSync:
-    def __init__(self, cfg, clock, on_board=None):
+    def __init__(self, cfg, clock):
         n = cfg["ntp"]
-        self.host, self.port = _server(n["server"])
+        s = n["server"]
+        self.host, self.port = host_port(s) if ":" in s else (s, 123)
         self.resync_ms = n["resync_s"] * 1000
         self.clock = clock
-        self.on_board = sys.platform in ("esp32", "rp2") if on_board is None else on_board
+        self.on_board = sys.platform in ("esp32", "rp2")
         self.retry_ms = _RETRY_MIN_MS
         self.next_ms = time.ticks_ms()
         self.last_error = None
