@@ -62,6 +62,8 @@ BAD = [
     (delete("device_id"), "device_id", "required"),
     (set_path("device_id", "Home_1"), "device_id", "[a-z0-9-]"),
     (set_path("device_id", "a" * 33), "device_id", "at most 32"),
+    (set_path("ntp", {"server": "time.example:ntp"}), "ntp.server", "HOST:PORT"),
+    (set_path("ntp", {"server": "127.0.0.1:70000"}), "ntp.server", "1..65535"),
     (delete("inverter"), "inverter", "required"),
     (set_path("inverter.driver", "modbus"), "inverter.driver", '"sunspec"'),
     (set_path("inverter.link", "tcp:host"), "inverter.link", "HOST:PORT"),

@@ -138,6 +138,14 @@ def _vehicle_link(path, v):
     raise ConfigError(path, 'must be "can", "slcan:PATH" or "slcan-tcp:HOST:PORT"')
 
 
+def _ntp_server(path, v):
+    # "HOST" or "HOST:PORT": checked here, not at the first SNTP attempt
+    _str(path, v)
+    if ":" in v:
+        _host_port(path, v)
+    return v
+
+
 def _file(path, v):
     # Checked here, not at the first TLS connect: a directory or an
     # unreadable file would otherwise pass and fail every reconnect.
@@ -323,7 +331,7 @@ SCHEMA = {
     # Wall time (v2g.timesync): a board's RTC starts at 2000-01-01, and
     # tariff, departure and dispatch all need the real time.
     "ntp": {
-        "server": (_str, "pool.ntp.org"),  # "host" or "host:port" (SNTP, UDP)
+        "server": (_ntp_server, "pool.ntp.org"),  # "host" or "host:port" (SNTP, UDP)
         "resync_s": (_rng(_int, 60, 5 * 86400), 21600),  # RTC drift; < half the ticks period
     },
     # A board's Wi-Fi (esp32, Pico W); none: the network is up already
