@@ -151,13 +151,17 @@ class Follower:
         if self.mono_s >= self.next_check_s:
             self.next_check_s = self.mono_s + _WALL_CHECK_S
             t = self.clock.time()
+            # the wall read may come late after now_ms (this thread was
+            # preempted: at x2880 simulated time 1 ms is 3 s); that lag is
+            # no step of the wall clock
+            lag_s = self.clock.ticks_diff(self.clock.ticks_ms(), now_ms) // 1000
             was = self.off_s
             if t < FW_EPOCH_UNIX:
                 if was is not None:
                     what = "clock_lost"
                 self.off_s = None
             else:
-                off = t - FW_EPOCH_UNIX - self.mono_s
+                off = t - lag_s - FW_EPOCH_UNIX - self.mono_s
                 if was is None:
                     what = "clock_set"
                 elif not -_WALL_JUMP_S <= off - was <= _WALL_JUMP_S:
