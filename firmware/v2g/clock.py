@@ -148,13 +148,19 @@ class Follower:
             self.rem_ms = r
         self.last_ms = now_ms
         what = by_s = None
+        clk = self.clock
         if self.mono_s >= self.next_check_s:
+            # the wall read is bracketed by two tick reads: this thread may
+            # be preempted around it (at x2880 simulated time 1 ms is 3 s),
+            # and that lag is no step of the wall clock. A read that took
+            # a second or more is tried again at the next tick.
+            m0 = clk.ticks_ms()
+            t = clk.time()
+            if clk.ticks_diff(clk.ticks_ms(), m0) >= 1000:
+                off = self.off_s
+                return (None if off is None else self.mono_s + off), None, None
             self.next_check_s = self.mono_s + _WALL_CHECK_S
-            t = self.clock.time()
-            # the wall read may come late after now_ms (this thread was
-            # preempted: at x2880 simulated time 1 ms is 3 s); that lag is
-            # no step of the wall clock
-            lag_s = self.clock.ticks_diff(self.clock.ticks_ms(), now_ms) // 1000
+            lag_s = clk.ticks_diff(m0, now_ms) // 1000
             was = self.off_s
             if t < FW_EPOCH_UNIX:
                 if was is not None:
