@@ -11,7 +11,8 @@ CFG = json.loads((ROOT / "examples" / "site.json").read_text())
 HARNESS = """
 import json, sys
 from v2g import config
-from v2g.guard import Guard, Meas, STATE_NAMES
+from v2g.guard import Guard, STATE_NAMES
+from v2g.meas import Meas
 
 class FakeClock:
     def __init__(self): self.ms = 0
@@ -169,7 +170,8 @@ def test_fault_log_records_raise_and_clear(mpy):
     res = mpy("""
 import json
 from v2g import config
-from v2g.guard import Guard, Meas
+from v2g.guard import Guard
+from v2g.meas import Meas
 class C:
     ms = 0
     def ticks_ms(self): return self.ms

@@ -11,7 +11,7 @@ READ = """
 import json, sys
 from v2g.hal.tcpstream import TcpStream
 from v2g.modbus import RtuMaster
-from v2g.guard import Meas
+from v2g.meas import Meas
 from v2g.sunspec import SunSpecInverter
 m = RtuMaster(TcpStream("127.0.0.1", int(sys.argv[1])), 1, timeout_ms=300)
 inv = SunSpecInverter(m, None, 5)

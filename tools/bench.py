@@ -109,7 +109,7 @@ REFRESH_BENCH = r"""
 import json, sys
 from v2g.hal.tcpstream import TcpStream
 from v2g.modbus import RtuMaster
-from v2g.guard import Meas
+from v2g.meas import Meas
 from v2g.sunspec import SunSpecInverter
 port = int(sys.argv[1])
 m = RtuMaster(TcpStream("127.0.0.1", port), 1)

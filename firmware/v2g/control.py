@@ -15,7 +15,8 @@ from micropython import const
 from v2g import kernel as K
 from v2g import log
 from v2g.clock import FW_EPOCH_UNIX, Clock, Follower
-from v2g.guard import FAULT, HOLD, RUN, Guard, Meas
+from v2g.guard import FAULT, HOLD, RUN, Guard
+from v2g.meas import Meas
 from v2g.modbus import ModbusError
 from v2g.plan import Plan
 

@@ -32,21 +32,6 @@ _FAULT_LOG_LEN = const(20)
 DEP_MARGIN_CPCT = const(10)
 
 
-class Meas:
-    """Latest southbound measurements; None = unknown. Reused, never reallocated."""
-
-    def __init__(self):
-        self.soc_cpct = None  # 0.01 %
-        self.ev_w = None
-        self.hz_mhz = None
-        self.inv_fault = None  # None or a short code, e.g. "inverter_alarm"
-        self.soc_res_cpct = 1  # resolution of the SoC reading
-        self.inv_soc_cpct = None  # the inverter's own (713) SoC, cross-checked against a vehicle's
-        self.soc_tick = -1  # tick number of the last fresh SoC sample
-        self.ev_tick = -1
-        self.hz_tick = -1
-
-
 def _self_clearing(code):
     return code is not None and (code == "link_lost" or code.startswith("vehicle:"))
 

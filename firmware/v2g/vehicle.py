@@ -45,9 +45,15 @@ class VehicleSession:
       start()            the charger is willing again (undoes stop()); a
                          session that already ended stays ended until the
                          car starts a new one.
-      set_measured(voltage_v, current_a, now_ms)
-                         the power stage's DC measurements (current + into
-                         the car), reported to the car as present values.
+      set_measured(now_ms, ev_w, dc_v=None, dc_a=None)
+                         what the power stage measures, once per tick: ev_w
+                         the power into the car (W, - out of it; 701 W, or
+                         714 DCW), dc_v / dc_a the DC side's voltage and
+                         current (+ into the car) when the inverter has
+                         SunSpec 714, else None. Reported to the car as its
+                         present output (CHAdeMO 0x109): the measured DC
+                         voltage, else the car's own voltage report; the
+                         measured DC current, else ev_w / that voltage.
       snapshot()         diagnostics for the technician (allocates).
     """
 
@@ -72,7 +78,7 @@ class VehicleSession:
     def start(self):
         raise NotImplementedError
 
-    def set_measured(self, voltage_v, current_a, now_ms):
+    def set_measured(self, now_ms, ev_w, dc_v=None, dc_a=None):
         raise NotImplementedError
 
     def snapshot(self):
