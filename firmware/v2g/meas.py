@@ -29,6 +29,11 @@ class Meas:
         self.va = None
         self.pf_c = None  # power factor x 100
         self.inv_state = None  # 701 InvSt enum
+        # DC side (714, when the inverter has it): what the car's session
+        # reports to the car as present output
+        self.dc_v = None  # V
+        self.dc_a = None  # A, + into the car
+        self.dc_w = None  # W, + into the car
         # storage (713)
         self.wh_avail = None
         self.soh_cpct = None  # state of health, 0.01 %

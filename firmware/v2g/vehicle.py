@@ -14,6 +14,9 @@
 # never a warped one, since the car's timeouts are in real milliseconds.
 
 SOC_NONE = None  # soc_source while the car has not given a SoC
+# State names every session uses for "no session going on" (plus its own
+# names for the phases in between): a clean stop waits for one of these.
+ENDED_STATES = ("idle", "stopped", "fault")
 
 
 class VehicleSession:
@@ -68,6 +71,10 @@ class VehicleSession:
         self.discharge_limit_w = 0
         self.must_stop = True
         self.fault = None
+
+    def ended(self):
+        """No session is going on (none started, or it is over)."""
+        return not self.plugged or self.state in ENDED_STATES
 
     def tick(self, now_ms, ev_w_request):
         raise NotImplementedError
