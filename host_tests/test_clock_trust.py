@@ -40,6 +40,7 @@ class DeadInverter:
     ready = False
     inverter_droop = False
     last_wset = None
+    models = {}
     def discover(self):
         raise ModbusError("no answer")
 
@@ -53,7 +54,7 @@ def started(wall_s):
     c._follow_time(clk.ms)
     return clk, c
 def evs(c, kind):
-    return [e for e in c.events.take() if e["ev"] == kind]
+    return [e for e in c.shared.events.take() if e["ev"] == kind]
 """
 
 
@@ -72,7 +73,7 @@ for i in range(3600):  # an hour, a request per second
     w, why, ceiling = c._request(c.now_fw_s)
     reqs.add((w, why, ceiling))
 print(json.dumps({{"dropped": dropped, "dispatch": c.dispatch, "reqs": sorted(reqs), "now": c.now_fw_s,
-                  "snap": c.snapshot()}}))
+                  "snap": (c._publish(), c.shared.state())[1]}}))
 """)
     got = out.json()
     assert got["dispatch"] is None
@@ -95,7 +96,7 @@ after = c._request(c.now_fw_s)[1]
 # a saved dispatch 5 h ahead (a clock that was wrong when it was saved)
 c.apply_settings({{"dispatch": [-5000, {EVENING_S} + 5 * 3600]}})
 print(json.dumps({{"before": before, "after": after, "set": set_evs, "dropped": evs(c, "dispatch_dropped"),
-                  "ts": c.snapshot()["ts"]}}))
+                  "ts": (c._publish(), c.shared.state())[1]["ts"]}}))
 """)
     got = out.json()
     assert got["before"] == "clock_not_set"
@@ -125,9 +126,9 @@ for s in range(1, 2401):  # 40 min in 1 s steps
     if c.plan.computed_at != before:
         replans.append(s)
     whys.append(why)
-    j = [e for e in c.events.take() if e["ev"] in ("clock_jump", "dispatch_lapsed")]
+    j = [e for e in c.shared.events.take() if e["ev"] in ("clock_jump", "dispatch_lapsed")]
     jumps += j
-    while c.telemetry.pop():
+    while c.shared.telemetry.pop():
         samples += 1
 print(json.dumps({{"jumps": jumps, "whys": whys, "samples": samples, "replans": replans}}))
 """, timeout=120)

@@ -33,7 +33,7 @@ cfg["store"]["dir"] = STORE
 ensure_dir(STORE)
 ctrl = Controller(cfg, Clock(), DeadInverter())
 ctrl.apply_settings(JsonFile(STORE + "/settings.json", {}).load())
-cmds = Commands(cfg, Clock(), STORE, ctrl)
+cmds = Commands(cfg, Clock(), STORE, ctrl.shared)
 PAYLOADS = json.loads(%r)
 def results(payloads):
     return [cmds.handle(p.encode()) for p in payloads]
@@ -67,8 +67,8 @@ res = results(PAYLOADS)
 ctrl.tick()
 again = cmds.handle(PAYLOADS[16].encode())  # the first one refused, as it was sent
 ctrl.tick()
-print(json.dumps({"res": res, "again": again, "applied": ctrl.actions_applied, "dropped": ctrl.inbox.dropped,
-                  "dispatch": ctrl.dispatch and ctrl.dispatch[0], "reserve": ctrl.reserve_pct(),
+print(json.dumps({"res": res, "again": again, "applied": ctrl.actions_applied, "dropped": ctrl.shared.inbox.dropped,
+                  "dispatch": ctrl.dispatch and ctrl.dispatch[0], "reserve": ctrl.settings.reserve_pct,
                   "settings": JsonFile(STORE + "/settings.json", {}).load(), "seq": cmds.last_seq}))
 """).json()
     res = out["res"]
@@ -95,16 +95,16 @@ save = cmds.seq_file.save
 others = []
 def save_while_others_post(doc):
     for _ in range(20):
-        if not ctrl.post(("pause",)):
+        if not ctrl.shared.post(("pause",)):
             break
         others.append(1)
     save(doc)
 cmds.seq_file.save = save_while_others_post
 res = results(PAYLOADS)
-full = ctrl.post(("resume",))
+full = ctrl.shared.post(("resume",))
 ctrl.tick()
 print(json.dumps({"res": res, "others": len(others), "full": full, "applied": ctrl.actions_applied,
-                  "dropped": ctrl.inbox.dropped, "mode": ctrl.user_mode}))
+                  "dropped": ctrl.shared.inbox.dropped, "mode": ctrl.settings.mode}))
 """).json()
     assert out["res"][0]["ok"] is True
     assert out["others"] == 15 and out["full"] == 0  # refused, not dropping another
@@ -122,10 +122,10 @@ from v2g import app, tech
 class App:
     pass
 a = App()
-a.ctrl, a.commands, a.cfg = ctrl, cmds, cfg
+a.shared, a.commands, a.cfg = ctrl.shared, cmds, cfg
 app.current = a
 for i in range(16):
-    assert ctrl.post(("pause",))
+    assert ctrl.shared.post(("pause",))
 done = []
 def control_thread():
     time.sleep_ms(300)
@@ -140,7 +140,7 @@ gone = "settings.json" not in os.listdir(STORE)
 res = results(PAYLOADS)
 while not done:
     time.sleep_ms(20)
-print(json.dumps({"applied": ctrl.actions_applied, "dropped": ctrl.inbox.dropped, "gone": gone, "res": res}))
+print(json.dumps({"applied": ctrl.actions_applied, "dropped": ctrl.shared.inbox.dropped, "gone": gone, "res": res}))
 """).json()
     assert out["dropped"] == 0
     assert out["applied"] == 16 + 2 + 2  # the pauses, two resumes, two accepted commands
@@ -159,8 +159,9 @@ def test_each_command_is_checked_against_the_settings_as_they_will_be(mpy, tmp_p
                 cmd("dispatch", {"ev_w": -7000, "until": until}, 5)]
     out = mpy(setup(tmp_path, payloads) + """
 ctrl.guard.soc_cpct = 4600  # 46 %: an hour at -7 kW ends near 34 %
+ctrl._publish()  # what the commands see
 res = results(PAYLOADS)
-print(json.dumps({"res": res, "loop_reserve": ctrl.reserve_pct(), "will": getattr(cmds, "will", None)}))
+print(json.dumps({"res": res, "loop_reserve": ctrl.settings.reserve_pct, "will": getattr(cmds, "will", None)}))
 """).json()
     res = out["res"]
     assert [r["ok"] for r in res] == [True, False, True, False, True]

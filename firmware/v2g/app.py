@@ -123,12 +123,15 @@ class App:
         self.ctrl = build(cfg, board, clock)
         self.ctrl.apply_settings(JsonFile(store_dir + "/settings.json", {}).load())
         self.outbox = Outbox(store_dir, cfg["mqtt"]["outbox_records"])
-        self.commands = Commands(cfg, clock, store_dir, self.ctrl)
-        self.cloud = CloudLink(cfg, clock, self.ctrl, self.outbox, self.commands, tls_ctx)
+        # the other threads get the control loop's shared port, never the loop
+        self.shared = self.ctrl.shared
+        self.commands = Commands(cfg, clock, store_dir, self.shared)
+        self.cloud = CloudLink(cfg, clock, self.shared, self.outbox, self.commands, tls_ctx)
         # SNTP: on a board at every boot (and for RTC drift), on the unix
         # port only if the OS clock is unset
         if sys.platform in ("esp32", "rp2") or not clock.trusted():
             self.cloud.ntp_at_ms = time.ticks_ms()
+        self.control_started = False
         self.control_done = False
 
     def _control_thread(self):
@@ -141,17 +144,30 @@ class App:
         from v2g.board import watchdog
 
         self.ctrl.wdt = watchdog(self.board)
+        self.control_started = True
         _thread.start_new_thread(self._control_thread, ())
 
     def stop_control(self):
-        """The control thread writes 0 W at its next tick time and ends;
-        if it is hung, this thread writes the 0 W itself."""
-        self.ctrl.running = False
-        for _ in range(200):
-            if self.control_done:
-                return
+        """Ask the control thread for a clean stop (through its inbox: 0 W,
+        the car's session ended) and wait for it, at most as long as the
+        config's worst transactions allow (control.stop_wait_ms). This
+        thread never touches the inverter or the car: if the control thread
+        does not return in time (hung), the inverter's reversion timer and
+        the watchdog take the power stage to 0 W."""
+        from v2g.control import stop_wait_ms
+
+        self.ctrl.shared.request_stop()
+        if not self.control_started:
+            self.control_done = True
+            return True
+        t0 = time.ticks_ms()
+        bound_ms = stop_wait_ms(self.cfg)
+        while not self.control_done:
+            if time.ticks_diff(time.ticks_ms(), t0) > bound_ms:
+                log.error("control thread did not stop within %d ms" % bound_ms)
+                return False
             time.sleep_ms(10)
-        self.ctrl.stop_output()
+        return True
 
     def shutdown(self):
         """A clean stop: 0 W first (it needs no network), then `offline`.
@@ -193,7 +209,7 @@ def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
     path, boards = _args(argv)
-    from v2g.control import early_buffers
+    from v2g.shared import early_buffers
 
     early_buffers()
     try:
@@ -226,11 +242,14 @@ def main(argv=None):
         return app
     app.shutdown()
     try:
-        st = ctrl.tick_stats()
-        fields = ctrl.snapshot()
+        shared = app.shared
+        st = shared.status.tick_stats()
+        rec = shared.read()
+        fields = shared.state()
         if st:
-            fields["tick_delay_ms"] = {"p50": st[0], "p99": st[1], "max": st[2], "ticks": st[3]}
-        fields["overruns"] = ctrl.overruns
+            fields["tick_delay_ms"] = {"p50": st[0], "p99": st[1], "max": st[2], "ticks": st[3], "min": st[4],
+                                       "min_interval": st[5], "period": ctrl.period_ms / clock.warp}
+        fields["overruns"] = rec["overruns"]
         log.event("stop", fields)
     except KeyboardInterrupt:
         pass  # stopped already; only the summary line is lost

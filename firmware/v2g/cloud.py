@@ -16,6 +16,7 @@ from micropython import const
 
 from v2g import log
 from v2g.mqtt import PKT_MIN, BrokerClosed, Client, TlsError, open_stream, tls_context
+from v2g.shared import state_of
 
 _TIMEOUT_S = const(5)  # any single network operation
 _STOP_TIMEOUT_S = const(1)  # each step of a clean stop
@@ -39,11 +40,11 @@ def _rand_below(n):
 
 
 class CloudLink:
-    def __init__(self, cfg, clock, ctrl, outbox, commands, tls_ctx=None):
+    def __init__(self, cfg, clock, shared, outbox, commands, tls_ctx=None):
         m = cfg["mqtt"]
         self.cfg = cfg
         self.clock = clock
-        self.ctrl = ctrl
+        self.shared = shared  # the control loop's port (v2g.shared): all this thread sees of it
         self.outbox = outbox
         self.commands = commands
         self.host, self.port = m["host"], m["port"]
@@ -165,7 +166,7 @@ class CloudLink:
 
     def _collect(self):
         """Move what the control thread produced into the outbox / queues."""
-        tm = self.ctrl.telemetry
+        tm = self.shared.telemetry
         while True:
             rec = tm.pop()
             if rec is None:
@@ -174,11 +175,11 @@ class CloudLink:
         dropped = self.outbox.take_drop_report()
         if dropped:
             self._event("telemetry_dropped", {"count": dropped, "acked_up_to": self.outbox.acked, "where": "outbox full"})
-        if tm.dropped:
+        lost = tm.take_dropped()
+        if lost:
             # only if this thread stalled for 64 records' time (x1000 sims)
-            self._event("telemetry_dropped", {"count": tm.dropped, "where": "before the outbox"})
-            tm.dropped = 0
-        self.pending_events.extend(self.ctrl.events.take())
+            self._event("telemetry_dropped", {"count": lost, "where": "before the outbox"})
+        self.pending_events.extend(self.shared.events.take())
         if len(self.pending_events) > 64:
             del self.pending_events[: len(self.pending_events) - 64]
 
@@ -198,13 +199,16 @@ class CloudLink:
             self.pending_events.pop(0)
         now = time.ticks_ms()
         sa = self.state_after
-        due = sa is not None and (self.ctrl.actions_applied >= sa[0] or time.ticks_diff(now, sa[1]) >= 0)
-        if (due or self.state_seq != self.ctrl.mode_seq or self.last_state_ms is None
+        st = self.shared.status
+        due = sa is not None and (st.field("actions_applied") >= sa[0] or time.ticks_diff(now, sa[1]) >= 0)
+        seq = st.field("mode_seq")
+        if (due or self.state_seq != seq or self.last_state_ms is None
                 or time.ticks_diff(now, self.last_state_ms) >= _STATE_EVERY_MS):
-            self.state_seq = self.ctrl.mode_seq
+            rec = st.read()  # one tick's values
+            self.state_seq = rec["mode_seq"]
             if due:
                 self.state_after = None
-            c.publish(self.t_state, json.dumps(self.ctrl.snapshot()).encode(), True, 1)
+            c.publish(self.t_state, json.dumps(state_of(rec)).encode(), True, 1)
             self.last_state_ms = now
         for _ in range(_DRAIN_PER_PASS):
             head = self.outbox.peek()
@@ -285,8 +289,8 @@ class CloudLink:
 
         self.running = True
         while self.running:
-            if self.ctrl.interrupted:  # Ctrl-C that reached the control thread
-                self.ctrl.interrupted = False
+            if self.shared.interrupted:  # Ctrl-C that reached the control thread
+                self.shared.interrupted = False
                 raise KeyboardInterrupt
             try:
                 self.step()

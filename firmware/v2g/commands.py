@@ -53,12 +53,12 @@ def _is_num(v):
 
 
 class Commands:
-    def __init__(self, cfg, clock, store_dir, ctrl):
+    def __init__(self, cfg, clock, store_dir, shared):
         """Made after the control loop applied settings.json: its values
         are where `will` starts."""
         self.cfg = cfg
         self.clock = clock
-        self.ctrl = ctrl
+        self.shared = shared  # the control loop's port (v2g.shared)
         self.key = auth.key_from_hex(cfg["command_key"])
         self.seq_file = JsonFile(store_dir + "/cmd_seq.json", {"seq": -1})
         self.last_seq = self.seq_file.load()["seq"]
@@ -67,7 +67,9 @@ class Commands:
         self.cid = None  # the id of the command being handled, once known
         # the settings as they will be once every accepted command is
         # applied, in settings.json's form; the one place commands check against
-        self.will = {"reserve_pct": ctrl.reserve_pct(), "departure": list(ctrl.departure()), "mode": ctrl.user_mode}
+        r = shared.read()
+        self.will = {"reserve_pct": r["reserve_cpct"] / 100, "departure": [r["dep_min"], r["dep_cpct"] / 100],
+                     "mode": r["user_mode"]}
 
     def handle(self, payload):
         """payload: bytes or None (None: too large, already discarded).
@@ -155,7 +157,7 @@ class Commands:
         # Room in the control loop's inbox first, held for this command:
         # a flood is bounded before anything is accepted, and no other
         # thread can take the slot between this check and the post.
-        inbox = self.ctrl.inbox
+        inbox = self.shared.inbox
         if not inbox.reserve():
             raise Reject("busy", "%d actions wait for the control loop's next tick; nothing changed, send again"
                          % inbox.size)
@@ -170,7 +172,7 @@ class Commands:
         except BaseException:
             inbox.release()
             raise
-        self.posted = self.ctrl.post(action, True)
+        self.posted = self.shared.post(action, True)
         if setting:
             self.will.update(setting)
         return detail
@@ -195,7 +197,8 @@ class Commands:
         elif -ev_w > lim["discharge_w"]:
             cmd_w = -lim["discharge_w"]
             notes.append("limited to limits.discharge_w %d W" % -cmd_w)
-        soc = self.ctrl.soc_pct()
+        soc = self.shared.read()["soc_cpct"]
+        soc = None if soc is None else soc / 100
         b = self.cfg["battery"]
         reserve = self.will["reserve_pct"]
         if soc is not None and cmd_w != 0:
@@ -243,9 +246,10 @@ class Commands:
 
     def _op_clear_fault(self, a, now):
         _only(a, ())
-        if self.ctrl.guard.latched is None:
+        latched = self.shared.read()["latched"]
+        if latched is None:
             return ("clear_fault",), "no latched fault", None
-        return ("clear_fault",), "clear requested: " + self.ctrl.guard.latched, None
+        return ("clear_fault",), "clear requested: " + latched, None
 
 
 # --- one pass over a JSON text before json.loads

@@ -1,20 +1,31 @@
 # Guard: the local state-of-charge protection state machine (CONTRACT section 6).
 #
 # Runs every control tick, before the kernel, and never waits on anything: it
-# only reads the latest measurements. It decides
-#   - the state: fault / hold / run (run becomes idle, charge or discharge by
-#     the sign of the kernel's target, see app.py), with a reason;
-#   - the power window [lo_w, hi_w] the kernel must keep the setpoint in.
+# only reads the latest measurements (v2g.meas), the vehicle session
+# (v2g.vehicle) and the owner's settings (v2g.settings). It decides
+#   - the state: fault / hold / run, with a reason (update());
+#   - the power window [lo_w, hi_w] the kernel must keep the setpoint in
+#     (limits());
+#   - the published mode and reason (mode_and_reason(), after the kernel):
+#     fault and hold as they are; run becomes charge / discharge / idle by
+#     the sign of the kernel's target, and says why a request was cut.
 #
-# Transitions (the README has this table):
+# The README's state table is this file's: its rows are the branches of
+# update() and mode_and_reason(), and host_tests/test_guard.py checks the
+# two against each other.
 #   any    -> fault  link lost (southbound)                 recovers by itself
 #   any    -> fault  inverter reports a fault               latched until clear_fault()
+#   any    -> fault  the vehicle session failed             recovers with the session
 #   any    -> hold   paused by a technician                 until resume()
+#   any    -> hold   a car not in its charging loop         until it is
 #   any    -> hold   SoC or power unknown/stale/implausible until fresh and plausible
+#   any    -> hold   car and inverter SoC disagree          until they agree
 #   hold/fault -> run  when none of the above holds
 #   run: lo_w = 0 (no export) at or below reserve; hi_w = 0 at the ceiling
 #        (soc_max, or departure.soc_pct while charging for departure);
 #        both taper in the last few Wh so the battery stops at the limit.
+#   stop(): idle "stopped" for good (a clean shutdown), window 0..0.
+from v2g.settings import Settings
 
 FAULT = const(0)
 HOLD = const(1)
@@ -37,13 +48,15 @@ def _self_clearing(code):
 
 
 class Guard:
-    def __init__(self, cfg, clock):
+    """settings: the owner's reserve and departure SoC (v2g.settings),
+    shared with the plan; read at every tick, never copied."""
+
+    def __init__(self, cfg, clock, settings=None):
         b = cfg["battery"]
         self.clock = clock
+        self.settings = Settings(cfg) if settings is None else settings
         self.soc_min_cpct = int(b["soc_min_pct"] * 100 + 0.5)
-        self.reserve_cpct = int(b["reserve_pct"] * 100 + 0.5)
         self.soc_max_cpct = int(b["soc_max_pct"] * 100 + 0.5)
-        self.dep_cpct = int(cfg["departure"]["soc_pct"] * 100 + 0.5)
         self.capacity_wh = b["capacity_wh"]
         lim = cfg["limits"]
         self.charge_w = lim["charge_w"]
@@ -59,6 +72,7 @@ class Guard:
         self.mismatch_cpct = int(cfg["vehicle"]["soc_mismatch_pct"] * 100 + 0.5)
         self.soc_mismatch = False
         self.paused = False
+        self.stopped = False  # stop(): a clean shutdown, for good
         self.latched = None  # latched inverter fault code
         self.clear_requested = False
         self.state = HOLD
@@ -75,6 +89,7 @@ class Guard:
         self._soc_suspect = 0  # consecutive implausible samples
         self._res_cpct = 1
         self.fault_log = []  # (unix_s, "raised"/"cleared", code)
+        self.fault_seq = 0  # bumps with every fault_log record
 
     # --- commands (technician, cloud)
 
@@ -90,11 +105,13 @@ class Guard:
         self.clear_requested = True
         return self.latched is not None
 
-    def set_reserve(self, pct):
-        self.reserve_cpct = int(pct * 100 + 0.5)
+    def stop(self):
+        """A clean shutdown: window 0..0 and mode idle "stopped" from now on."""
+        self.stopped = True
 
     def set_departure_soc(self, pct):
-        self.dep_cpct = int(pct * 100 + 0.5)
+        # test_guard's harness still calls this; the settings own the value
+        self.settings.set_departure(self.settings.dep_min, pct)
 
     # --- per tick
 
@@ -126,6 +143,7 @@ class Guard:
         log.append((self.clock.time(), what, code))
         if len(log) > _FAULT_LOG_LEN:
             log.pop(0)
+        self.fault_seq += 1
 
     def update(self, tick, meas, link_ok, vehicle=None):
         """Evaluate the protection rules on the latest measurements: sets
@@ -169,6 +187,8 @@ class Guard:
         elif vehicle is not None and vehicle.fault is not None:
             # the session latches it until the car is gone or reset
             self._set(FAULT, "vehicle_fault", "vehicle:" + vehicle.fault)
+        elif self.stopped:
+            self._set(HOLD, "stopped", None)
         elif self.paused:
             self._set(HOLD, "paused", None)
         elif vehicle is not None and vehicle.must_stop:
@@ -209,12 +229,13 @@ class Guard:
         soc = self.soc_cpct
         # Limits are kept one SoC resolution step inside, so a reading that
         # rounds up cannot hide a true SoC past the limit.
-        floor = max(self.reserve_cpct, self.soc_min_cpct) + max(1, self._res_cpct)
+        st = self.settings
+        floor = max(st.reserve_cpct, self.soc_min_cpct) + max(1, self._res_cpct)
         ceiling = self.soc_max_cpct
         if ceiling_cpct is not None:
             # charging for departure may pass soc_max, up to the departure
             # SoC and the plan's small margin over it
-            ceiling = max(ceiling, min(ceiling_cpct, self.dep_cpct + DEP_MARGIN_CPCT, 10000))
+            ceiling = max(ceiling, min(ceiling_cpct, st.dep_cpct + DEP_MARGIN_CPCT, 10000))
         self.at_floor = soc <= floor
         self.at_ceiling = soc >= ceiling
         self.lo_w = -self._taper(soc - floor, self.discharge_w)
@@ -223,6 +244,28 @@ class Guard:
             # what the car allows right now (its current limits x voltage)
             self.lo_w = max(self.lo_w, -vehicle.discharge_limit_w)
             self.hi_w = min(self.hi_w, vehicle.charge_limit_w)
+
+    def mode_and_reason(self, req_w, why, target_w, droop_w):
+        """The published mode and reason for this tick, after the kernel.
+        req_w/why: the request and its reason (owner, dispatch or plan);
+        target_w: the kernel's target (request + droop, in the window);
+        droop_w: the frequency response part of it. Each branch is a row of
+        the README's state table."""
+        st = self.state
+        if self.stopped:
+            return "idle", "stopped"
+        if st == FAULT:
+            return "fault", self.reason
+        if st == HOLD:
+            return "hold", self.reason
+        mode = "charge" if target_w > 0 else "discharge" if target_w < 0 else "idle"
+        if req_w < 0 and self.at_floor:
+            return mode, "reserve_reached"
+        if req_w > 0 and self.at_ceiling:
+            return mode, "soc_limit_reached"
+        if droop_w and (req_w == 0 or (target_w > 0) != (req_w > 0)):
+            return mode, "freq_response"
+        return mode, why
 
     def _taper(self, room_cpct, full_w):
         if room_cpct <= 0:

@@ -24,21 +24,12 @@
 # d*eta_d.
 from v2g.clock import local_minute
 from v2g.guard import DEP_MARGIN_CPCT
+from v2g.settings import Settings
 
 # A budget is never squeezed into less than this: near the end of a segment
 # a small remainder must not become a burst at full power (what is left
 # spills into the next segment or the departure buffer instead).
 _MIN_SPREAD_S = const(900)
-
-REASONS = (
-    "below_reserve",
-    "departure_charge",
-    "cheap_charge",
-    "peak_export",
-    "surplus_export",
-    "plan_idle",
-)
-
 
 class Segment:
     __slots__ = ("t0", "t1", "imp", "exp", "cheap", "c_wh", "d_wh", "why")
@@ -58,8 +49,12 @@ class Segment:
 
 
 class Plan:
-    def __init__(self, cfg, clock):
+    """settings: the owner's reserve and departure (v2g.settings), shared
+    with the guard; a change there (its version) replans at the next due()."""
+
+    def __init__(self, cfg, clock, settings=None):
         self.clock = clock
+        self.settings = Settings(cfg) if settings is None else settings
         self.periods = cfg["tariff"]["periods"]
         self.utc_offset_min = cfg["utc_offset_min"]
         b = cfg["battery"]
@@ -67,19 +62,17 @@ class Plan:
         self.eta_c = b["charge_eff"]
         self.eta_d = b["discharge_eff"]
         self.wear = b["wear_cost_per_kwh"]
-        self.reserve_pct = b["reserve_pct"]
         self.soc_max_pct = b["soc_max_pct"]
         self.charge_w = cfg["limits"]["charge_w"]
         self.discharge_w = cfg["limits"]["discharge_w"]
         self.min_w = cfg["limits"]["min_w"]
         dep = cfg["departure"]
-        self.dep_min = dep["time"]
-        self.dep_pct = dep["soc_pct"]
         self.buffer_s = dep["buffer_min"] * 60
         self.replan_s = cfg["plan"]["replan_s"]
         self.cheapest_import = min(p["import"] for p in self.periods)
         self.segments = []
         self.computed_at = None
+        self.computed_version = None  # settings.version the plan was made from
         self.shortfall_wh = 0
         self.departure_s = None
 
@@ -96,7 +89,7 @@ class Plan:
     def next_departure(self, now):
         """Unix time of the next departure at or after now."""
         m = local_minute(now, self.utc_offset_min)
-        ahead_min = (self.dep_min - m) % 1440
+        ahead_min = (self.settings.dep_min - m) % 1440
         return (now // 60 + ahead_min) * 60
 
     def _segments(self, now, end):
@@ -117,6 +110,7 @@ class Plan:
         if now is None:
             now = self.clock.time()
         self.computed_at = now
+        self.computed_version = self.settings.version
         dep = self.next_departure(now)
         end = dep - self.buffer_s
         in_buffer = end < now + 300
@@ -132,7 +126,7 @@ class Plan:
         e = [soc_pct * cap] * (n + 1)
         cmax = [s.hours() * self.charge_w * self.eta_c for s in segs]
         dmax = [s.hours() * self.discharge_w / self.eta_d for s in segs]
-        floor = self.reserve_pct * cap
+        floor = self.settings.reserve_pct * cap
         ceil_arb = self.soc_max_pct * cap
         target = self.target_pct() * cap
 
@@ -226,13 +220,19 @@ class Plan:
                     charge(c_at, wh, "cheap_charge")
 
     def target_pct(self):
-        return min(100, self.dep_pct + DEP_MARGIN_CPCT / 100)
+        return min(100, self.settings.dep_pct + DEP_MARGIN_CPCT / 100)
 
     # --- output
 
+    def invalidate(self):
+        """Replan at the next due() (the wall clock stepped)."""
+        self.computed_at = None
+
     def due(self, now):
         # a clock that went back (now before computed_at) replans too
-        return self.computed_at is None or not 0 <= now - self.computed_at < self.replan_s
+        if self.computed_at is None or self.computed_version != self.settings.version:
+            return True
+        return not 0 <= now - self.computed_at < self.replan_s
 
     def request(self, now=None):
         """(ev_w, reason, ceiling_pct or None) for this moment."""

@@ -2,9 +2,11 @@
 #
 # On a board, Ctrl-C at the console stops only the cloud link; the control
 # loop keeps protecting the battery in its thread, and these helpers look
-# at it and talk to it. Everything that touches the inverter goes through
-# the control loop (it owns the Modbus line); the helpers only post requests
-# and wait for the answer. Nothing here prints a secret: the config is shown
+# at it and talk to it through its shared port (v2g.shared), as the cloud
+# link does: they read the status record it publishes every tick and post
+# actions into its inbox. Everything that touches the inverter or the
+# settings goes through the control loop (it owns the Modbus line and its
+# state); the helpers only post requests and wait for the answer. Nothing here prints a secret: the config is shown
 # through config.redacted() and keys are never read.
 import gc
 import time
@@ -48,7 +50,7 @@ def _ask(action, *args):
     a = _app()
     box = []
     t0 = time.ticks_ms()
-    while not a.ctrl.post((action,) + args + (box,)):
+    while not a.shared.post((action,) + args + (box,)):
         if time.ticks_diff(time.ticks_ms(), t0) > _WAIT_MS:
             raise RuntimeError("the control loop's inbox stayed full for 3 s")
         time.sleep_ms(10)
@@ -64,12 +66,16 @@ def _ask(action, *args):
 
 def status():
     """One screen: mode, reason, SoC, power, limits, links, last faults."""
+    from v2g.shared import state_of
+
     a = _app()
-    c, g, cl = a.ctrl, a.ctrl.guard, a.cloud
-    s = c.snapshot()
+    cl = a.cloud
+    r = a.shared.read()  # one tick's values
+    s = state_of(r)
     cfg = a.cfg
     b, lim = cfg["battery"], cfg["limits"]
-    dep_min, dep_pct = c.departure()
+    dep_min, dep_pct = r["dep_min"], r["dep_cpct"] / 100
+    d = r["dispatch"]
     lines = [
         "%s  %s   board %s" % (cfg["device_id"], _local(s["ts"]), cfg["board"]),
         "mode      %-10s reason %s%s" % (s["mode"], s["reason"], "   FAULT " + s["fault"] if s["fault"] else ""),
@@ -77,29 +83,29 @@ def status():
             _pct(s["soc_pct"]), _pct(s["reserve_pct"]), _pct(b["soc_min_pct"]), _pct(b["soc_max_pct"])),
         "departure %02d:%02d at %s" % (dep_min // 60, dep_min % 60, _pct(dep_pct)),
         "power     ev_w %s   setpoint %s   request %s   window %s..%s" % (
-            _w(s["ev_w"]), _w(s["setpoint_w"]), _w(c.req_w), _w(g.lo_w), _w(g.hi_w)),
+            _w(s["ev_w"]), _w(s["setpoint_w"]), _w(r["req_w"]), _w(r["lo_w"]), _w(r["hi_w"])),
         "limits    charge %d W  discharge %d W  ramp %d W/s   mode %s%s" % (
-            lim["charge_w"], lim["discharge_w"], lim["ramp_w_per_s"], c.user_mode,
-            "   dispatch %+d W until %s" % (c.dispatch[0], _local(c.dispatch[1])) if c.dispatch else ""),
+            lim["charge_w"], lim["discharge_w"], lim["ramp_w_per_s"], r["user_mode"],
+            "   dispatch %+d W until %s" % (d[0], _local(d[1])) if d else ""),
         "grid      %s Hz" % ("-" if s["grid_hz"] is None else "%.3f" % s["grid_hz"]),
         "energy    in %s Wh   out %s Wh (inverter lifetime counters)" % (s["wh_in"], s["wh_out"]),
         "inverter  %s   %s   errors %d%s" % (
-            "ok" if c.link_ok else "LOST", cfg["inverter"]["link"], c.link_errors,
-            "   last: " + c.last_link_error if c.last_link_error else ""),
+            "ok" if r["link_ok"] else "LOST", cfg["inverter"]["link"], r["link_errors"],
+            "   last: " + r["last_link_error"] if r["last_link_error"] else ""),
         "cloud     %s   %s:%d%s   outbox %d pending, %d dropped%s" % (
             "connected" if cl.connected else "offline", cl.host, cl.port, " TLS" if cl.tls else "",
             a.outbox.pending, a.outbox.dropped, "   last: " + cl.last_error if cl.last_error else ""),
     ]
-    if c.vehicle is not None:
-        v = c.vehicle
-        lines.append("vehicle   CHAdeMO %s   SoC %s   limits +%d/-%d W%s" % (
-            v.state, _pct(None if v.soc_cpct is None else v.soc_cpct / 100), v.charge_limit_w, v.discharge_limit_w,
-            "   fault " + v.fault if v.fault else ""))
-    st = c.tick_stats()
+    if r["vehicle"] is not None:
+        soc = r["v_soc_cpct"]
+        lines.append("vehicle   %s %s   SoC %s   limits +%d/-%d W%s" % (
+            cfg["vehicle"]["driver"], r["vehicle"], _pct(None if soc is None else soc / 100),
+            r["v_charge_limit_w"], r["v_discharge_limit_w"], "   fault " + r["v_fault"] if r["v_fault"] else ""))
+    st = a.shared.status.tick_stats()
     lines.append("loop      %d ticks of %d ms, %d overruns, %d internal errors%s   heap free %d" % (
-        c.tick_no, c.period_ms, c.overruns, c.internal_errors,
+        r["tick_no"], cfg["control"]["period_ms"], r["overruns"], r["internal_errors"],
         "" if st is None else ", tick delay p99 %.2f ms" % st[1], gc.mem_free()))
-    recent = g.fault_log[-3:]
+    recent = r["fault_log"][-3:]
     lines.append("faults    " + ("none" if not recent else "; ".join(
         "%s %s %s" % (_local(t), what, code) for t, what, code in recent)))
     print("\n".join(lines))
@@ -107,7 +113,7 @@ def status():
 
 def faults():
     """The fault history (raised and cleared), oldest first, local time."""
-    log = _app().ctrl.guard.fault_log
+    log = _app().shared.read()["fault_log"]
     if not log:
         print("no faults recorded since start")
     for t, what, code in log:
@@ -134,10 +140,11 @@ def resume():
 
 def clear_fault():
     """Clear a latched inverter fault (once the inverter no longer reports it)."""
-    latched = _app().ctrl.guard.latched
+    a = _app()
+    latched = a.shared.read()["latched"]
     _ask("clear_fault")
-    time.sleep_ms(2 * _app().ctrl.period_ms)
-    still = _app().ctrl.guard.latched
+    _next_ticks(a, 2)
+    still = a.shared.read()["latched"]
     if latched is None:
         print("no latched fault")
     elif still is None:
@@ -155,9 +162,9 @@ def selftest():
         results.append(ok)
         print("%-8s %s  %s" % (name, "PASS" if ok else "FAIL", detail))
 
-    c = a.ctrl
-    check("inverter", c.link_ok and c.inv.ready,
-          "models %s" % sorted(c.inv.models) if c.link_ok else "link lost: %s" % c.last_link_error)
+    r = a.shared.read()
+    check("inverter", r["link_ok"] and r["inv_ready"],
+          "models %s" % list(r["inv_models"]) if r["link_ok"] else "link lost: %s" % r["last_link_error"])
     if a.cloud.connected:
         check("cloud", True, "connected to %s:%d" % (a.cloud.host, a.cloud.port))
     else:
@@ -168,9 +175,9 @@ def selftest():
                   "runs it" % (a.cloud.host, a.cloud.port, ms))
         except Exception as e:  # noqa: BLE001 - any failure is the finding
             check("cloud", False, "%s:%d: %s: %s" % (a.cloud.host, a.cloud.port, type(e).__name__, e))
-    if c.vehicle is not None:
-        v = c.vehicle
-        check("vehicle", v.fault is None, "CHAdeMO %s" % v.state if v.fault is None else v.fault)
+    if r["vehicle"] is not None:
+        check("vehicle", r["v_fault"] is None, "%s %s" % (a.cfg["vehicle"]["driver"], r["vehicle"])
+              if r["v_fault"] is None else r["v_fault"])
     try:
         from v2g import config
 
@@ -181,11 +188,7 @@ def selftest():
     finally:
         _unload("v2g.config")
     now = a.clock.time()
-    t0 = c.tick_no
-    w0 = time.ticks_ms()
-    while c.tick_no <= t0 and time.ticks_diff(time.ticks_ms(), w0) < 3000:
-        time.sleep_ms(c.period_ms)
-    ticking = c.tick_no > t0
+    ticking = _next_ticks(a, 1)
     wall_ok = a.clock.trusted()  # the rule the control loop and commands use
     ts = a.cloud.timesync
     check("clock", wall_ok and ticking, "wall %s%s" % (
@@ -210,6 +213,18 @@ def selftest():
     free = gc.mem_free()
     check("heap", free > 16384, "%d bytes free" % free)
     return all(results)
+
+
+def _next_ticks(a, n):
+    """Wait (at most 3 s) until the control loop has ticked n more times;
+    -> True if it did."""
+    t0 = a.shared.read()["tick_no"]
+    w0 = time.ticks_ms()
+    while a.shared.read()["tick_no"] < t0 + n:
+        if time.ticks_diff(time.ticks_ms(), w0) >= _WAIT_MS:
+            return False
+        time.sleep_ms(a.cfg["control"]["period_ms"])
+    return True
 
 
 def _cloud_probe(a):
@@ -284,11 +299,11 @@ def factory_reset():
 
 def restart():
     """Stop power cleanly and restart the firmware."""
+    from v2g.board import reset
+
     a = _app()
     a.stop_control()
-    import machine
-
-    machine.reset()
+    reset()
 
 
 def _unload(name):

@@ -1,5 +1,8 @@
 # Drives the real Controller tick by tick for host tests (runs on the unix
 # port). stdin: "tick N" | "cmd NAME [ARG]" | "quit"; one JSON line per tick.
+# It uses the controller as the other threads do: actions go into the
+# shared inbox (a "cmd" is applied by the one tick it runs), rows come from
+# the published status record.
 import json
 import sys
 import time
@@ -11,7 +14,17 @@ clk = clockmod.from_env()
 log.set_clock(clk)
 log.quiet = True
 ctrl = app.build(cfg, board, clk)
+shared = ctrl.shared
 print(json.dumps({"ready": True}))
+
+
+def row(ms):
+    r = shared.read()
+    return {"n": r["tick_no"], "mode": r["mode"], "reason": r["reason"], "fault": r["fault"],
+            "sp": r["setpoint_w"], "link": r["link_ok"], "soc": r["soc_cpct"], "errors": r["link_errors"],
+            "ms": ms}
+
+
 while True:
     line = sys.stdin.readline()
     if not line:
@@ -22,14 +35,16 @@ while True:
     if words[0] == "quit":
         break
     if words[0] == "cmd":
-        fn = getattr(ctrl.guard, words[1])
-        print(json.dumps({"cmd": words[1], "ret": fn(*[float(a) for a in words[2:]])}))
+        box = []
+        assert shared.post(tuple([words[1]] + [float(a) for a in words[2:]] + [box]))
+        t0 = time.ticks_ms()
+        ctrl.run(stop_after_ticks=1)
+        ok, ret = box[0]
+        print(json.dumps({"cmd": words[1], "ok": ok, "ret": ret if ok else repr(ret),
+                          "row": row(time.ticks_diff(time.ticks_ms(), t0))}))
         continue
     if words[0] == "tick":
         for _ in range(int(words[1])):
             t0 = time.ticks_ms()
             ctrl.run(stop_after_ticks=1)
-            g = ctrl.guard
-            print(json.dumps({"n": ctrl.tick_no, "mode": ctrl.mode, "reason": ctrl.reason, "fault": g.fault,
-                              "sp": ctrl.k[10], "link": ctrl.link_ok, "soc": g.soc_cpct,
-                              "errors": ctrl.link_errors, "ms": time.ticks_diff(time.ticks_ms(), t0)}))
+            print(json.dumps(row(time.ticks_diff(time.ticks_ms(), t0))))

@@ -1,0 +1,53 @@
+# The owner's run-time settings: reserve, departure and mode, in one object.
+#
+# Owned by the control thread: it is created with the control loop, changed
+# only by actions the loop applies at a tick (a cloud command, a technician,
+# settings.json at boot), and read by the guard (reserve and departure SoC
+# as limits) and the plan (reserve, departure time and SoC). Other threads
+# see its values in the published status record, never this object.
+#
+# Every change bumps `version`; the plan compares it with the version it was
+# computed from, so a new reserve or departure replans at the next tick and
+# nobody reaches into the plan's internals.
+
+USER_MODES = ("auto", "idle", "charge_now")
+
+
+def cpct(pct):
+    """% (a config or command number) -> 0.01 % as an int, rounded."""
+    return int(pct * 100 + 0.5)
+
+
+class Settings:
+    def __init__(self, cfg):
+        self.reserve_cpct = cpct(cfg["battery"]["reserve_pct"])
+        dep = cfg["departure"]
+        self.dep_min = dep["time"]  # minute of the local day
+        self.dep_cpct = cpct(dep["soc_pct"])
+        self.mode = "auto"
+        self.version = 0
+
+    def set_reserve(self, pct):
+        self.reserve_cpct = cpct(pct)
+        self.version += 1
+
+    def set_departure(self, minute, soc_pct):
+        if not 0 <= minute < 1440:
+            raise ValueError("departure minute %d" % minute)
+        self.dep_min = minute
+        self.dep_cpct = cpct(soc_pct)
+        self.version += 1
+
+    def set_mode(self, mode):
+        if mode not in USER_MODES:
+            raise ValueError(mode)
+        self.mode = mode
+        self.version += 1
+
+    @property
+    def reserve_pct(self):
+        return self.reserve_cpct / 100
+
+    @property
+    def dep_pct(self):
+        return self.dep_cpct / 100
