@@ -1,7 +1,13 @@
 """Shared fixtures: run firmware code on the MicroPython unix port.
 
-The `mpy` fixture runs a MicroPython snippet with the firmware on its path and
-returns what it printed; a test then asserts on that output in plain Python.
+A test's MicroPython half is a program in host_tests/mp/ (run_mp, start_mp),
+run with the firmware on its path; the test asserts on what it printed in
+plain Python. Most of them hold one function per test and are run as
+
+    MICROPYPATH=firmware:build/lib:.frozen build/venv/bin/micropython host_tests/mp/<test>_cases.py CASE [ARG...]
+
+from the repository root (host_tests/mp/cases.py). The `mpy` fixture runs a
+one-line snippet the same way.
 """
 import json
 import os
@@ -54,17 +60,41 @@ class MpResult:
         return json.loads(self.lines()[-1])
 
 
-def run_mpy(code, *, heap=None, timeout=60, check=True, env=None, cwd=None, args=()):
+MP = ROOT / "host_tests" / "mp"
+
+
+def _mp_cmd(program, args, heap=None):
     cmd = [MICROPYTHON]
     if heap:
         cmd += ["-X", f"heapsize={heap}"]
-    cmd += ["-c", code, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+    return cmd + program + [str(a) for a in args]
+
+
+def _run(cmd, timeout, check, env, cwd, stdin):
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=stdin,
                           env=mp_env(env), cwd=cwd or ROOT)
     res = MpResult(proc)
     if check and res.rc != 0:
         raise AssertionError(f"micropython exited {res.rc}\nstdout:\n{res.out}\nstderr:\n{res.err}")
     return res
+
+
+def run_mpy(code, *, heap=None, timeout=60, check=True, env=None, cwd=None, args=()):
+    """A MicroPython snippet (-c) on the unix port -> MpResult."""
+    return _run(_mp_cmd(["-c", code], args, heap), timeout, check, env, cwd, None)
+
+
+def run_mp(name, *args, heap=None, timeout=60, check=True, env=None, cwd=None, stdin=None):
+    """The program host_tests/mp/<name>.py on the unix port, with args (each
+    str()'d) on its command line and `stdin` as its input -> MpResult."""
+    return _run(_mp_cmd([str(MP / f"{name}.py")], args, heap), timeout, check, env, cwd, stdin)
+
+
+def start_mp(name, *args, env=None, cwd=None):
+    """host_tests/mp/<name>.py on the unix port as a running process (text
+    stdout and stderr piped), for a test that talks to it while it runs."""
+    return subprocess.Popen(_mp_cmd([str(MP / f"{name}.py")], args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=mp_env(env), cwd=cwd or ROOT)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import MP, ROOT
 from tools import check_boards
 
 SHIPPED = sorted(p.stem for p in (ROOT / "board_configs").glob("*.json"))
@@ -130,15 +130,7 @@ def test_hal_type_checks_against_port_stubs(port):
     assert ok, out
 
 
-BAD_HAL = """\
-import machine
-
-
-def build(rs):
-    uart = machine.UART(rs["uart"], baudrate=9600, txpin=machine.Pin(rs["tx"]))
-    de = machine.Pin(rs["de"], machine.Pin.OUTPUT)
-    return uart, de
-"""
+BAD_HAL = MP / "board_configs_bad_hal.py"
 
 
 @pytest.mark.parametrize("port", sorted(check_boards.STUBS))
@@ -146,7 +138,7 @@ def test_wrong_machine_calls_fail_the_type_check(tmp_path, port):
     (tmp_path / "v2g" / "hal").mkdir(parents=True)
     (tmp_path / "v2g" / "__init__.py").write_text("")
     (tmp_path / "v2g" / "hal" / "__init__.py").write_text("")
-    (tmp_path / "v2g" / "hal" / "bad.py").write_text(BAD_HAL)
+    (tmp_path / "v2g" / "hal" / "bad.py").write_text(BAD_HAL.read_text())
     ok, out = check_boards.typecheck(port, ["v2g/hal/bad.py"], cwd=tmp_path)
     assert not ok
     assert 'Unexpected keyword argument "txpin"' in out

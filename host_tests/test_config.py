@@ -9,26 +9,16 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, run_mpy
+from conftest import ROOT, run_mp
 
 BASE = json.loads((ROOT / "examples" / "site.json").read_text())
 
 
-def validate_many(cases):
+def validate_many(tmp_path, cases):
     """Validate each config on the unix port; -> list of "ok" or "path: rule"."""
-    code = """
-import json, sys
-from v2g import config
-for raw in json.loads(open(sys.argv[1]).read()):
-    try:
-        config.validate(raw)
-        print("ok")
-    except config.ConfigError as e:
-        print(e.path + ": " + e.rule)
-"""
-    path = ROOT / "build" / "test_config_cases.json"
+    path = tmp_path / "test_config_cases.json"
     path.write_text(json.dumps(cases))
-    return run_mpy(code, args=[str(path)]).lines()
+    return run_mp("config_cases", "validate_many", path).lines()
 
 
 def mutate(fn):
@@ -122,9 +112,9 @@ BAD = [
 
 
 @pytest.fixture(scope="module")
-def results():
+def results(tmp_path_factory):
     cases = [BASE] + [mutate(fn) for fn, _, _ in BAD]
-    return validate_many(cases)
+    return validate_many(tmp_path_factory.mktemp("config"), cases)
 
 
 def test_example_config_is_valid(results):
@@ -139,7 +129,7 @@ def test_bad_config_names_key_and_rule(results, i):
     assert words in got, got
 
 
-def test_wrapping_and_split_tariffs_are_accepted():
+def test_wrapping_and_split_tariffs_are_accepted(tmp_path):
     ok = [
         mutate(set_path("tariff.periods", [
             {"start": "00:00", "end": "12:00", "import": 1, "export": 0.5},
@@ -151,17 +141,11 @@ def test_wrapping_and_split_tariffs_are_accepted():
         mutate(set_path("mqtt.tls", False)),
         mutate(set_path("utc_offset_min", -300)),
     ]
-    assert validate_many(ok) == ["ok"] * len(ok)
+    assert validate_many(tmp_path, ok) == ["ok"] * len(ok)
 
 
-def test_defaults_are_filled(mpy):
-    res = mpy("""
-import json
-from v2g import config
-c = config.load('examples/site.json')
-print(json.dumps([c['control']['period_ms'], c['inverter']['revert_s'], c['mqtt']['client_id'],
-                  c['vehicle']['driver'], c['tariff']['periods'][0]['start'], c['departure']['time']]))
-""")
+def test_defaults_are_filled():
+    res = run_mp("config_cases", "defaults")
     assert res.json() == [200, 10, "home-charger-01", "none", 23 * 60, 7 * 60 + 30]
 
 
@@ -225,7 +209,7 @@ def test_make_run_stops_cleanly_on_sigterm_and_sigint(tmp_path):
         assert '"ev": "stop"' in out
 
 
-def test_default_client_id_fits_mqtt_and_an_explicit_23_is_kept(mpy):
+def test_default_client_id_fits_mqtt_and_an_explicit_23_is_kept(tmp_path):
     """MQTT 3.1.1 servers must accept client ids of 1..23 characters: a
     device_id of up to 32 (CONTRACT) gets a shortened default that fits and
     stays one per device; an explicit id of 23 is accepted as it is."""
@@ -236,13 +220,9 @@ def test_default_client_id_fits_mqtt_and_an_explicit_23_is_kept(mpy):
         mutate(set_path("device_id", "a" * 31 + "b")),
         mutate(lambda c: (c.update(device_id="a" * 32), c["mqtt"].update(client_id="x" * 23))),
     ]
-    path = ROOT / "build" / "test_config_client_ids.json"
+    path = tmp_path / "test_config_client_ids.json"
     path.write_text(json.dumps(cases))
-    res = mpy("""
-import json, sys
-from v2g import config
-print(json.dumps([config.validate(raw)["mqtt"]["client_id"] for raw in json.loads(open(sys.argv[1]).read())]))
-""", args=[str(path)]).json()
+    res = run_mp("config_cases", "client_ids", path).json()
     assert res[0] == "a" * 23  # fits: the device_id itself, as before
     assert res[4] == "x" * 23
     for cid in res[1:4]:

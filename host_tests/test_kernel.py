@@ -2,7 +2,7 @@
 import itertools
 import json
 
-from conftest import run_mpy
+from conftest import run_mp
 
 LIM = 2**21
 BOUND = 2**29
@@ -45,26 +45,11 @@ def reference_tick(inp, sp):
     return sp, target, droop
 
 
-def run_cases(cases):
+def run_cases(tmp_path, cases):
     """cases: list of (inputs dict, start setpoint) -> [(sp, target, droop)]"""
-    code = """
-import json, sys
-from v2g import kernel as K
-out = []
-for inp, sp in json.loads(open(sys.argv[1]).read()):
-    s = K.new_state()
-    for name, v in inp.items():
-        s[getattr(K, name)] = v
-    s[K.SP_W] = sp
-    r = K.tick(s)
-    assert r == s[K.SP_W]
-    out.append([s[K.SP_W], s[K.TARGET_W], s[K.DROOP_W]])
-print(json.dumps(out))
-"""
-    from conftest import ROOT
-    path = ROOT / "build" / "kernel_cases.json"
+    path = tmp_path / "kernel_cases.json"
     path.write_text(json.dumps(cases))
-    return [tuple(x) for x in run_mpy(code, args=[str(path)]).json()]
+    return [tuple(x) for x in run_mp("kernel_cases", "ticks", path).json()]
 
 
 def base(**kw):
@@ -74,7 +59,7 @@ def base(**kw):
     return d
 
 
-def test_behaviour_matches_specification():
+def test_behaviour_matches_specification(tmp_path):
     cases = [
         (base(REQ_W=5000), 0),                     # ramps up by one step
         (base(REQ_W=5000), 4900),                  # reaches the target
@@ -90,7 +75,7 @@ def test_behaviour_matches_specification():
         (base(REQ_W=0, HZ_MHZ=0), 0),              # unknown frequency: no droop
         (base(REQ_W=0, HZ_MHZ=49500, LO_W=0), 0),  # droop cannot break the reserve
     ]
-    got = run_cases(cases)
+    got = run_cases(tmp_path, cases)
     want = [reference_tick(inp, sp) for inp, sp in cases]
     assert got == want
     assert got[0][0] == 200 and got[1][0] == 5000 and got[2][0] == -200
@@ -101,7 +86,7 @@ def test_behaviour_matches_specification():
     assert got[9][2] == 0 and got[11][2] == 0 and got[12][0] == 0
 
 
-def test_extreme_inputs_stay_within_31_bit_range():
+def test_extreme_inputs_stay_within_31_bit_range(tmp_path):
     extremes = [-2**31, -2**29 - 1, -LIM - 1, -7000, -1, 0, 1, 7000, LIM + 1, 2**29 + 1, 2**31 - 1]
     freq = [-2**31, 0, 1, 40000, 49000, 50000, 51000, 70000, 2**31 - 1]
     cases = []
@@ -112,33 +97,13 @@ def test_extreme_inputs_stay_within_31_bit_range():
                            LO_W=-LIM, HI_W=LIM), 0))
     for ramp in (-2**31, -1, 0, 1, 2**31 - 1):
         cases.append((base(REQ_W=LIM, RAMP_W=ramp, HI_W=LIM), -LIM))
-    got = run_cases(cases)
+    got = run_cases(tmp_path, cases)
     want = [reference_tick(inp, sp) for inp, sp in cases]  # asserts the bound
     assert got == want
     for sp, target, droop in got:
         assert -LIM <= sp <= LIM and -LIM <= target <= LIM
 
 
-def test_no_allocation_over_ten_thousand_ticks(mpy):
-    res = mpy("""
-import micropython, gc
-from v2g import kernel as K
-s = K.new_state()
-s[K.LO_W] = -7000; s[K.HI_W] = 7000; s[K.RAMP_W] = 40
-s[K.NOM_MHZ] = 50000; s[K.DB_MHZ] = 200; s[K.K_W_PER_HZ] = 2800; s[K.FREQ_EN] = 1
-def run(n):
-    i = 0
-    while i < n:
-        s[K.REQ_W] = 7000 if (i // 500) % 2 else -7000
-        s[K.HZ_MHZ] = 49000 + (i % 2000)
-        K.tick(s)
-        i += 1
-run(10)
-gc.collect()
-before = gc.mem_alloc()
-micropython.heap_lock()
-run(20000)
-micropython.heap_unlock()
-print(gc.mem_alloc() - before)
-""")
+def test_no_allocation_over_ten_thousand_ticks():
+    res = run_mp("kernel_cases", "no_allocation")
     assert res.lines()[-1] == "0"

@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.client import CallbackAPIVersion, MQTTProtocolVersion
 
-from conftest import ROOT, run_mpy
+from conftest import ROOT, run_mp
 from tools.sim.mini_broker import MAX_PACKET, run_in_thread
 
 HOST = "127.0.0.1"
@@ -468,27 +468,6 @@ def test_cli_prints_ready_and_stops_on_sigterm():
             proc.wait()
 
 
-FIRMWARE_SNIPPET = """
-import json, time
-from v2g import mqtt
-PORT = %d
-got = []
-c = mqtt.Client(b"fw-test", "127.0.0.1", PORT, "user", "pw", 30)
-c.set_callback(lambda t, m: got.append((t.decode(), m.decode())))
-c.set_last_will(b"fw/status", b"offline", True, 1)
-present = c.open(mqtt.open_stream("127.0.0.1", PORT, 5))
-c.subscribe(b"fw/cmd", 1)
-c.publish(b"fw/status", b"online", True, 1, True)
-pid = c.publish(b"fw/up", b"hello", False, 1, False)  # PUBACK retired by check_msg
-end = time.ticks_add(time.ticks_ms(), 5000)
-while not got and time.ticks_diff(end, time.ticks_ms()) > 0:
-    c.check_msg()
-    time.sleep_ms(5)
-print(json.dumps({"present": present, "got": got, "inflight": len(c.inflight), "pid": pid}))
-# exit without DISCONNECT: the broker sees the socket close
-"""
-
-
 def test_firmware_client_on_unix_port(mini, peers):
     cloud = peers()
     cloud.sub("fw/#")
@@ -499,7 +478,7 @@ def test_firmware_client_on_unix_port(mini, peers):
             cloud.c.publish("fw/cmd", b"do-it", 1)
 
     cloud.c.on_message = answer
-    res = run_mpy(FIRMWARE_SNIPPET % mini.test_port, timeout=20).json()
+    res = run_mp("mini_broker_client", mini.test_port, timeout=20).json()
     assert res == {"present": 0, "got": [["fw/cmd", "do-it"]], "inflight": 0, "pid": res["pid"]}
     seen = [(m.topic, m.payload, m.qos) for m in (cloud.get(), cloud.get(), cloud.get(), cloud.get())]
     assert seen == [("fw/status", b"online", 1), ("fw/up", b"hello", 1), ("fw/cmd", b"do-it", 1),

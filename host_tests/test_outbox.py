@@ -5,77 +5,33 @@ import random
 import signal
 import time
 
-from conftest import run_mpy, site_config
+from conftest import run_mp, site_config
 from tools.cloud_client import Cloud
 
-OUTBOX = """
-import json, sys
-from v2g.outbox import Outbox
-d = sys.argv[1]
-"""
-
-
-def test_append_peek_ack_and_restart(tmp_path, mpy):
-    res = run_mpy(OUTBOX + """
-o = Outbox(d, 100)
-seqs = [o.append({"v": i}) for i in range(5)]
-head = o.peek()
-o.ack(head[0]); o.ack(2)
-o.flush()
-o2 = Outbox(d, 100)          # a reboot
-print(json.dumps([seqs, head[0], json.loads(head[1])["v"], o2.peek()[0], o2.pending, o2.append({"v": 9})]))
-""", args=[str(tmp_path)]).json()
+def test_append_peek_ack_and_restart(tmp_path):
+    res = run_mp("outbox_cases", "append_peek_ack_and_restart", tmp_path).json()
     assert res == [[1, 2, 3, 4, 5], 1, 0, 3, 3, 6]
 
 
 def test_unflushed_acks_resend_the_same_records(tmp_path):
-    res = run_mpy(OUTBOX + """
-o = Outbox(d, 100)
-for i in range(3): o.append({"v": i})
-o.ack(1)                      # acked in RAM, not flushed: a crash now
-o2 = Outbox(d, 100)
-print(json.dumps([o2.peek()[0], o2.pending]))
-""", args=[str(tmp_path)]).json()
+    res = run_mp("outbox_cases", "unflushed_acks", tmp_path).json()
     assert res == [1, 3]  # re-sent with the same seq, never a new one
 
 
 def test_torn_tail_is_cut_and_seq_never_reused(tmp_path):
-    res = run_mpy(OUTBOX + """
-o = Outbox(d, 100)
-for i in range(3): o.append({"v": i})
-with open(d + "/outbox.jsonl", "ab") as f:
-    f.write(b'{"v": 3, "se')       # killed in the middle of an append
-o2 = Outbox(d, 100)
-print(json.dumps([o2.pending, o2.append({"v": 4}), open(d + "/outbox.jsonl").read().count("\\n")]))
-""", args=[str(tmp_path)]).json()
+    res = run_mp("outbox_cases", "torn_tail", tmp_path).json()
     assert res == [3, 4, 4]
 
 
 def test_full_outbox_drops_oldest_and_reports(tmp_path):
-    res = run_mpy(OUTBOX + """
-o = Outbox(d, 10)
-for i in range(25): o.append({"v": i})
-print(json.dumps([o.pending, o.peek()[0], o.take_drop_report(), o.take_drop_report(), o.dropped]))
-o.flush()
-o2 = Outbox(d, 10)
-print(json.dumps([o2.pending, o2.peek()[0], o2.dropped]))
-""", args=[str(tmp_path)])
+    res = run_mp("outbox_cases", "full_drops_oldest", tmp_path)
     a, b = [json.loads(x) for x in res.lines()[-2:]]
     assert a == [10, 16, 15, 0, 15]
     assert b == [10, 16, 15]
 
 
 def test_compaction_keeps_unacked_and_seq(tmp_path):
-    res = run_mpy(OUTBOX + """
-o = Outbox(d, 1000)
-for i in range(200): o.append({"v": i, "pad": "x" * 40})
-for s in range(1, 181): o.ack(s)
-o.flush()                     # most is acked: the log is rewritten
-import os
-size = os.stat(d + "/outbox.jsonl")[6]
-o2 = Outbox(d, 1000)
-print(json.dumps([size < 2000, o2.pending, o2.peek()[0], o2.append({"v": 0})]))
-""", args=[str(tmp_path)]).json()
+    res = run_mp("outbox_cases", "compaction", tmp_path).json()
     assert res == [True, 20, 181, 201]
 
 

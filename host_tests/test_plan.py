@@ -2,29 +2,17 @@
 import copy
 import json
 
-from conftest import ROOT, run_mpy
+from conftest import ROOT, run_mp
 
 CFG = json.loads((ROOT / "examples" / "site.json").read_text())
 T0 = 1767196800  # 2026-01-01 00:00 local (UTC+8) = 2025-12-31 16:00 UTC
 
 
-def plans(cases):
+def plans(tmp_path, cases):
     """cases: [(cfg, soc_pct, now)] -> per case: {"segs": [...], "req": [...], "short": wh}"""
-    code = """
-import json, sys
-from v2g import config
-from v2g.plan import Plan
-out = []
-for raw, soc, now in json.loads(open(sys.argv[1]).read()):
-    p = Plan(config.validate(raw), None)
-    segs = p.recompute(soc, now)
-    out.append({"segs": [[s.t0, s.t1, s.imp, s.exp, s.c_wh, s.d_wh, s.why] for s in segs],
-                "req": list(p.request(now)), "short": p.shortfall_wh, "dep": p.departure_s})
-print(json.dumps(out))
-"""
-    path = ROOT / "build" / "plan_cases.json"
+    path = tmp_path / "plan_cases.json"
     path.write_text(json.dumps(cases))
-    return run_mpy(code, args=[str(path)]).json()
+    return run_mp("plan_cases", "plans", path).json()
 
 
 def soc_path(cfg, soc_pct, segs):
@@ -41,8 +29,8 @@ def hours_local(t):
     return (t - T0) / 3600
 
 
-def test_night_charge_reaches_departure_in_cheapest_period_only():
-    (r,) = plans([(CFG, 50, T0)])
+def test_night_charge_reaches_departure_in_cheapest_period_only(tmp_path):
+    (r,) = plans(tmp_path, [(CFG, 50, T0)])
     segs = r["segs"]
     path = soc_path(CFG, 50, segs)
     assert path[-1] >= 80
@@ -59,8 +47,8 @@ def test_night_charge_reaches_departure_in_cheapest_period_only():
     assert abs(w * 7 * 0.93 - (80.1 - 50) * 600) < 7 * 0.93 * 2
 
 
-def test_day_exports_at_peaks_and_keeps_departure_and_reserve():
-    (r,) = plans([(CFG, 80, T0 + 8 * 3600)])
+def test_day_exports_at_peaks_and_keeps_departure_and_reserve(tmp_path):
+    (r,) = plans(tmp_path, [(CFG, 80, T0 + 8 * 3600)])
     segs = r["segs"]
     path = soc_path(CFG, 80, segs)
     assert min(path) >= 30 - 1e-6
@@ -72,79 +60,79 @@ def test_day_exports_at_peaks_and_keeps_departure_and_reserve():
     assert charged and all(imp == 0.31 for imp, _ in charged)
 
 
-def test_below_reserve_charges_at_once_even_at_peak():
-    (r,) = plans([(CFG, 20, T0 + 18 * 3600)])
+def test_below_reserve_charges_at_once_even_at_peak(tmp_path):
+    (r,) = plans(tmp_path, [(CFG, 20, T0 + 18 * 3600)])
     w, why, _ = r["req"]
     assert why == "below_reserve" and w > 0
     path = soc_path(CFG, 20, r["segs"])
     assert path[1] >= 30 - 1e-6 or r["segs"][0][4] >= (30 - 20) * 600 - 1
 
 
-def test_departure_out_of_reach_reports_shortfall_and_charges_flat_out():
-    (r,) = plans([(CFG, 10, T0 + 5 * 3600)])  # 1.5 h before 06:30 cut-off... 2 h to go
+def test_departure_out_of_reach_reports_shortfall_and_charges_flat_out(tmp_path):
+    (r,) = plans(tmp_path, [(CFG, 10, T0 + 5 * 3600)])  # 1.5 h before 06:30 cut-off... 2 h to go
     assert r["short"] > 0
     w, why, _ = r["req"]
     assert w == 7000
 
 
-def test_high_wear_cost_stops_arbitrage():
+def test_high_wear_cost_stops_arbitrage(tmp_path):
     cfg = copy.deepcopy(CFG)
     cfg["battery"]["wear_cost_per_kwh"] = 5
-    (r,) = plans([(cfg, 80, T0 + 8 * 3600)])
+    (r,) = plans(tmp_path, [(cfg, 80, T0 + 8 * 3600)])
     assert all(d == 0 for *_, d, _ in r["segs"])
 
 
-def test_no_export_when_discharge_disabled():
+def test_no_export_when_discharge_disabled(tmp_path):
     cfg = copy.deepcopy(CFG)
     cfg["limits"]["discharge_w"] = 0
-    (r,) = plans([(cfg, 85, T0 + 18 * 3600)])
+    (r,) = plans(tmp_path, [(cfg, 85, T0 + 18 * 3600)])
     assert all(d == 0 for *_, d, _ in r["segs"])
     assert r["req"][0] == 0
 
 
-def test_surplus_above_departure_is_exported_without_recharge_when_it_pays():
+def test_surplus_above_departure_is_exported_without_recharge_when_it_pays(tmp_path):
     cfg = copy.deepcopy(CFG)
     cfg["departure"]["soc_pct"] = 40
-    (r,) = plans([(cfg, 80, T0 + 18 * 3600)])
+    (r,) = plans(tmp_path, [(cfg, 80, T0 + 18 * 3600)])
     segs = r["segs"]
     path = soc_path(cfg, 80, segs)
     assert min(path) >= 30 - 1e-6 and path[-1] >= 40
     assert segs[0][5] > 0 and r["req"][0] < 0 and r["req"][1] in ("peak_export", "surplus_export")
 
 
-def test_departure_above_soc_max_gets_a_ceiling():
+def test_departure_above_soc_max_gets_a_ceiling(tmp_path):
     cfg = copy.deepcopy(CFG)
     cfg["departure"]["soc_pct"] = 95
-    (r,) = plans([(cfg, 85, T0 + 1 * 3600)])
+    (r,) = plans(tmp_path, [(cfg, 85, T0 + 1 * 3600)])
     w, why, ceiling = r["req"]
     assert why == "departure_charge" and ceiling == 95.1
     assert soc_path(cfg, 85, r["segs"])[-1] >= 95
 
 
-def test_request_follows_time_and_wrapping_periods():
+def test_request_follows_time_and_wrapping_periods(tmp_path):
     cfg = copy.deepcopy(CFG)
     cfg["utc_offset_min"] = 0
     cfg["tariff"]["periods"] = [
         {"start": "22:00", "end": "02:00", "import": 0.1, "export": 0.05},
         {"start": "02:00", "end": "22:00", "import": 0.5, "export": 0.3}]
     now = T0 + 8 * 3600 + 20 * 3600  # 20:00 UTC
-    (r,) = plans([(cfg, 50, now)])
+    (r,) = plans(tmp_path, [(cfg, 50, now)])
     segs = r["segs"]
     starts = [((t0 // 60) % 1440) for t0, *_ in segs]
     assert starts == [20 * 60, 22 * 60, 2 * 60]
     assert segs[1][4] > 0 and segs[0][4] == 0 and segs[2][4] == 0
 
 
-def test_small_powers_respect_min_w():
+def test_small_powers_respect_min_w(tmp_path):
     # 0.5 % short of the target over 7 valley hours would be ~40 W: it runs
     # at min_w instead and finishes sooner
-    (r,) = plans([(CFG, 79.6, T0)])
+    (r,) = plans(tmp_path, [(CFG, 79.6, T0)])
     w, why, _ = r["req"]
     assert why == "departure_charge" and w == 500
     # an export of a few hundred Wh spread over 3 h would be ~100 W: skipped
     cfg = copy.deepcopy(CFG)
     cfg["departure"]["soc_pct"] = 40
     cfg["battery"]["reserve_pct"] = 40
-    (r,) = plans([(cfg, 40.6, T0 + 18 * 3600)])
+    (r,) = plans(tmp_path, [(cfg, 40.6, T0 + 18 * 3600)])
     assert any(d > 0 for *_, d, _ in r["segs"])
     assert r["req"][:2] == [0, "plan_idle"]

@@ -4,57 +4,19 @@ import json
 import re
 import time
 
-from conftest import ROOT, site_config
+from conftest import ROOT, run_mp, site_config
 from tools.cloud_client import Cloud, command
 
 KEY = json.loads((ROOT / "examples" / "site.json").read_text())["command_key"]
 
-STORE = """
-import json, sys
-from v2g import log, store, storedir
-unix = json.loads(open("board_configs/unix_sim.json").read())
-esp32 = json.loads(open("board_configs/esp32_devkitc.json").read())
-def cfg(dev, d=None):
-    return {"device_id": dev, "store": {"dir": d}}
-"""
-
-
-def test_unix_default_store_is_one_per_device_and_a_board_keeps_one(mpy):
-    res = mpy(STORE + """
-print(json.dumps([storedir.store_dir(cfg("site-a"), unix), storedir.store_dir(cfg("site-b"), unix),
-                  storedir.store_dir(cfg("site-a"), esp32), storedir.store_dir(cfg("site-b"), esp32),
-                  storedir.store_dir(cfg("site-a", "/tmp/x"), unix)]))
-""").json()
+def test_unix_default_store_is_one_per_device_and_a_board_keeps_one():
+    res = run_mp("store_cases", "default_dirs").json()
     assert res == ["build/data/site-a", "build/data/site-b", "/data", "/data", "/tmp/x"]
 
 
-def test_a_store_of_another_device_is_emptied_and_an_own_one_kept(mpy, tmp_path):
+def test_a_store_of_another_device_is_emptied_and_an_own_one_kept(tmp_path):
     d = str(tmp_path / "data")
-    res = mpy(STORE + """
-d = sys.argv[1]
-def files():
-    import os
-    return sorted(os.listdir(d))
-def put(name, text):
-    with open(d + "/" + name, "w") as f:
-        f.write(text)
-out = []
-store.open_store(cfg("site-a", d), esp32)             # first use: claimed by site-a
-for name in storedir.STATE_FILES:
-    put(name, "of site-a")
-put("outbox.jsonl.tmp", "x")
-put("notes.txt", "not state")                          # not ours to remove
-out.append(files())
-store.open_store(cfg("site-a", d), esp32)             # the same device again: all kept
-out.append(files())
-store.open_store(cfg("site-b", d), esp32)             # re-deployed as site-b
-out.append(files())
-out.append(json.loads(open(d + "/owner.json").read()))
-put("settings.json", "of site-b")
-store.open_store(cfg("site-b", d), esp32)
-out.append(files())
-print(json.dumps(out))
-""", args=[d])
+    res = run_mp("store_cases", "other_device", d)
     a, a_again, b, owner, b_again = res.json()
     state = ["cmd_seq.json", "notes.txt", "outbox.jsonl", "outbox.jsonl.tmp", "outbox.meta", "owner.json",
              "settings.json"]
@@ -71,22 +33,9 @@ print(json.dumps(out))
     assert r["outbox_bytes"] == len("of site-a")
 
 
-def test_a_store_without_owner_is_adopted_and_a_bad_owner_file_is_not_trusted(mpy, tmp_path):
+def test_a_store_without_owner_is_adopted_and_a_bad_owner_file_is_not_trusted(tmp_path):
     d = str(tmp_path / "data")
-    res = mpy(STORE + """
-import os
-d = sys.argv[1]
-storedir.ensure_dir(d)
-with open(d + "/settings.json", "w") as f:
-    f.write("{}")
-store.open_store(cfg("site-a", d), esp32)             # written before owners were recorded
-kept = sorted(os.listdir(d))
-assert "v2g.storedir" not in sys.modules               # boot-only code, unloaded
-with open(d + "/owner.json", "w") as f:
-    f.write("[1")                                      # not an owner record
-store.open_store(cfg("site-a", d), esp32)
-print(json.dumps([kept, sorted(os.listdir(d))]))
-""", args=[d])
+    res = run_mp("store_cases", "no_owner", d)
     kept, after = res.json()
     assert kept == ["owner.json", "settings.json"]
     assert after == ["owner.json"]

@@ -1,34 +1,12 @@
 """SunSpec driver on the unix port against a SunSpec inverter whose register
 map is generated from pysunspec2's model JSON (tools/sim), not from the
 driver's own tables."""
-import json
-
 import pytest
 
-from conftest import run_mpy
+from conftest import run_mp
 
-READ = """
-import json, sys
-from v2g.hal.tcpstream import TcpStream
-from v2g.modbus import RtuMaster
-from v2g.meas import Meas
-from v2g.sunspec import SunSpecInverter
-m = RtuMaster(TcpStream("127.0.0.1", int(sys.argv[1])), 1, timeout_ms=300)
-inv = SunSpecInverter(m, None, 5)
-models = inv.discover()
-meas = Meas()
-t0 = m.transactions
-inv.refresh(meas, 7)
-out = {"base": inv.base, "models": sorted(models), "info": inv.info, "sf": {str(k): v for k, v in inv.sf.items()},
-       "refresh_transactions": m.transactions - t0, "ev_w": meas.ev_w, "hz_mhz": meas.hz_mhz,
-       "soc_cpct": meas.soc_cpct, "soc_res": meas.soc_res_cpct, "wh_in": meas.wh_in, "wh_out": meas.wh_out,
-       "fault": meas.inv_fault, "ticks": [meas.ev_tick, meas.hz_tick, meas.soc_tick], "droop": inv.inverter_droop,
-       "ratings": inv.ratings, "ac_v": meas.ac_v}
-"""
-
-
-def read_inverter(port, extra=""):
-    return run_mpy(READ + extra + "\nprint(json.dumps(out))", args=[str(port)]).json()
+def read_inverter(port):
+    return run_mp("sunspec_cases", "read", port).json()
 
 
 @pytest.mark.parametrize("base", [40000, 0, 50000])
@@ -98,15 +76,7 @@ def test_inverter_own_droop_is_detected(live_inverter):
 
 def test_setpoint_goes_through_704_with_reversion(live_inverter):
     li = live_inverter(wset_sf=-1)
-    got = run_mpy(READ + """
-t0 = m.transactions
-inv.write_setpoint(-3000)     # discharge 3 kW
-first = m.transactions - t0
-t0 = m.transactions
-inv.write_setpoint(2500)      # charge 2.5 kW
-second = m.transactions - t0
-print(json.dumps([first, second]))
-""", args=[str(li.port)]).json()
+    got = run_mp("sunspec_cases", "setpoint", li.port).json()
     # the first write reads the control block and writes it (2 transactions),
     # later ones write only WSet
     assert got == [2, 1]
@@ -123,8 +93,7 @@ print(json.dumps([first, second]))
 def test_inverter_reverts_to_zero_when_controller_goes_silent(live_inverter):
     import time
     li = live_inverter(ramp_w_per_s=1e6)
-    run_mpy(READ.replace("SunSpecInverter(m, None, 5)", "SunSpecInverter(m, None, 2)") +
-            "\ninv.write_setpoint(4000)\n", args=[str(li.port)])
+    run_mp("sunspec_cases", "setpoint_then_silent", li.port)
     time.sleep(0.3)
     assert li.inv.ev_w == pytest.approx(4000, abs=1)
     time.sleep(2.5)
@@ -136,10 +105,7 @@ def test_read_point_applies_scale_factor_with_units(live_inverter):
     li = live_inverter(hz_sf=-2, soc_pct=55.5)
     li.inv.grid.set_override_hz(50.02)
     li.call(li.inv.step, li.clock.now())
-    got = run_mpy(READ + """
-from v2g.sunspec_points import read_point
-print(json.dumps([read_point(inv, "701.Hz"), read_point(inv, "713.SoC"), read_point(inv, "704.WSetRvrtTms")]))
-""", args=[str(li.port)]).json()
+    got = run_mp("sunspec_cases", "read_points", li.port).json()
     assert got[0][0] == pytest.approx(50.02) and got[0][1] == "Hz"
     assert got[1] == [55.5, "%"]
     assert got[2][1] == "s"
@@ -148,16 +114,5 @@ print(json.dumps([read_point(inv, "701.Hz"), read_point(inv, "713.SoC"), read_po
 def test_not_a_sunspec_device(tmp_path):
     from tools.bench_modbus import ServerProcess, free_port
     with ServerProcess(free_port()) as srv:
-        res = run_mpy("""
-import sys
-from v2g.hal.tcpstream import TcpStream
-from v2g.modbus import RtuMaster
-from v2g.sunspec import SunSpecInverter, NotSunSpec
-m = RtuMaster(TcpStream("127.0.0.1", int(sys.argv[1])), 17, timeout_ms=300)
-try:
-    SunSpecInverter(m).discover()
-    print("found")
-except NotSunSpec as e:
-    print("NotSunSpec", e)
-""", args=[str(srv.port)])
+        res = run_mp("sunspec_cases", "not_sunspec", srv.port)
     assert res.lines()[-1].startswith("NotSunSpec no SunS marker at 40000, 0, 50000")

@@ -1,0 +1,30 @@
+# test_config.py's MicroPython half: v2g.config (host_tests/mp/cases.py).
+import json
+
+import cases
+from v2g import config
+
+
+def validate_many(path):
+    # PATH: a JSON list of raw configs; one line each: "ok" or "path: rule"
+    for raw in json.loads(open(path).read()):
+        try:
+            config.validate(raw)
+            print("ok")
+        except config.ConfigError as e:
+            print(e.path + ": " + e.rule)
+
+
+def defaults():
+    # what load() fills in for examples/site.json
+    c = config.load("examples/site.json")
+    return [c["control"]["period_ms"], c["inverter"]["revert_s"], c["mqtt"]["client_id"],
+            c["vehicle"]["driver"], c["tariff"]["periods"][0]["start"], c["departure"]["time"]]
+
+
+def client_ids(path):
+    # PATH: a JSON list of raw configs -> the mqtt.client_id of each
+    return [config.validate(raw)["mqtt"]["client_id"] for raw in json.loads(open(path).read())]
+
+
+cases.main(globals())

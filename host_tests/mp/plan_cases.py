@@ -1,0 +1,21 @@
+# test_plan.py's MicroPython half: v2g.plan.Plan (host_tests/mp/cases.py).
+import json
+
+import cases
+from v2g import config
+from v2g.plan import Plan
+
+
+def plans(path):
+    # PATH: a JSON list of [raw config, SoC %, now]; a plan each ->
+    # [{"segs": [...], "req": [...], "short": Wh, "dep": departure s}, ...]
+    out = []
+    for raw, soc, now in json.loads(open(path).read()):
+        p = Plan(config.validate(raw), None)
+        segs = p.recompute(soc, now)
+        out.append({"segs": [[s.t0, s.t1, s.imp, s.exp, s.c_wh, s.d_wh, s.why] for s in segs],
+                    "req": list(p.request(now)), "short": p.shortfall_wh, "dep": p.departure_s})
+    return out
+
+
+cases.main(globals())
