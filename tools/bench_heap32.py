@@ -93,6 +93,7 @@ class BoardClock(Clock):
         return a - b
 
 class FixedInverter:
+    models = {}
     ready = True
     inverter_droop = False
     last_wset = None
@@ -114,8 +115,8 @@ n = 3000
 for i in range(50):  # settle: first plan, first mode change
     clk.ms += c.period_ms
     c.tick()
-c.events.take()
-while c.telemetry.pop():
+c.shared.events.take()
+while c.shared.telemetry.pop():
     pass
 gc.collect()
 gc.disable()

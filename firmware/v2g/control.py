@@ -97,8 +97,6 @@ class Controller:
         self.now_fw_s = None
         self.tick_no = 0
         self.link_ok = False
-        self.mode = "hold"
-        self.reason = "starting"
         self.mode_seq = 0  # bumps on every mode change (the cloud republishes state)
         self.req_w = 0
         self.dispatch = None  # (ev_w, until unix s, lapses at mono_s, until fw_s)
@@ -363,7 +361,9 @@ class Controller:
         k[K.FREQ_EN] = 1 if self.freq_enabled and not self.inv.inverter_droop else 0
         k[K.STOP] = 1 if g.state == FAULT else 0
         sp = K.tick(k)
-        changed = self._set_mode(g.mode_and_reason(req_w, why, k[K.TARGET_W], k[K.DROOP_W]))
+        changed = g.decide_mode(req_w, why, k[K.TARGET_W], k[K.DROOP_W])
+        if changed:
+            self.mode_seq += 1
         if self.link_ok and not self.south.write(sp, now_ms):
             self.link_ok = False
         mono = self.time.mono_s
@@ -376,14 +376,6 @@ class Controller:
 
     def _event(self, kind, fields):
         self.shared.events.put(log.record(kind, fields, self.clock.time()))
-
-    def _set_mode(self, mode_reason):
-        mode, reason = mode_reason
-        if mode == self.mode and reason == self.reason:
-            return False
-        self.mode, self.reason = mode, reason
-        self.mode_seq += 1
-        return True
 
     def _tell_changes(self, mode_changed):
         # after _publish: the mode event carries the record just published
@@ -401,7 +393,12 @@ class Controller:
         """The status record: one copy of this tick's values for the other
         threads. Only references to ints, strings and tuples are stored (a
         tuple is made only when its content changed), so no allocation."""
-        g, m, st, s, v = self.guard, self.meas, self.settings, self.south, self.vehicle
+        # one name at a time: unpacking more than three builds a tuple
+        g = self.guard
+        m = self.meas
+        st = self.settings
+        s = self.south
+        v = self.vehicle
         if s.discoveries != self._discoveries:
             self._discoveries = s.discoveries
             self._models = tuple(sorted(self.inv.models))
@@ -413,8 +410,8 @@ class Controller:
             d = rec.d
             d["tick_no"] = self.tick_no
             d["fw_s"] = self.now_fw_s
-            d["mode"] = self.mode
-            d["reason"] = self.reason
+            d["mode"] = g.mode
+            d["reason"] = g.mode_reason
             d["mode_seq"] = self.mode_seq
             d["guard_state"] = STATE_NAMES[g.state]
             d["fault"] = g.fault
@@ -528,6 +525,7 @@ class Controller:
                     self.shared.interrupted = True
             # the last state the cloud gets says so
             self.running = False
-            self._set_mode(("idle", "stopped"))
+            if self.guard.decide_mode(0, None, 0, 0):
+                self.mode_seq += 1
             self._publish()
         self.running = False

@@ -77,6 +77,10 @@ class Guard:
         self.clear_requested = False
         self.state = HOLD
         self.reason = "starting"
+        # what is published (decide_mode): the state's name or, in run, the
+        # direction; and why
+        self.mode = "hold"
+        self.mode_reason = "starting"
         self.fault = None
         self.lo_w = 0
         self.hi_w = 0
@@ -245,27 +249,34 @@ class Guard:
             self.lo_w = max(self.lo_w, -vehicle.discharge_limit_w)
             self.hi_w = min(self.hi_w, vehicle.charge_limit_w)
 
-    def mode_and_reason(self, req_w, why, target_w, droop_w):
-        """The published mode and reason for this tick, after the kernel.
-        req_w/why: the request and its reason (owner, dispatch or plan);
-        target_w: the kernel's target (request + droop, in the window);
-        droop_w: the frequency response part of it. Each branch is a row of
-        the README's state table."""
+    def decide_mode(self, req_w, why, target_w, droop_w):
+        """Set the published `mode` and `mode_reason` for this tick, after
+        the kernel; -> True if either changed. req_w/why: the request and
+        its reason (owner, dispatch or plan); target_w: the kernel's target
+        (request + droop, in the window); droop_w: the frequency response
+        part of it. Each branch is a row of the README's state table."""
         st = self.state
         if self.stopped:
-            return "idle", "stopped"
-        if st == FAULT:
-            return "fault", self.reason
-        if st == HOLD:
-            return "hold", self.reason
-        mode = "charge" if target_w > 0 else "discharge" if target_w < 0 else "idle"
-        if req_w < 0 and self.at_floor:
-            return mode, "reserve_reached"
-        if req_w > 0 and self.at_ceiling:
-            return mode, "soc_limit_reached"
-        if droop_w and (req_w == 0 or (target_w > 0) != (req_w > 0)):
-            return mode, "freq_response"
-        return mode, why
+            mode, reason = "idle", "stopped"
+        elif st == FAULT:
+            mode, reason = "fault", self.reason
+        elif st == HOLD:
+            mode, reason = "hold", self.reason
+        else:
+            mode = "charge" if target_w > 0 else "discharge" if target_w < 0 else "idle"
+            if req_w < 0 and self.at_floor:
+                reason = "reserve_reached"
+            elif req_w > 0 and self.at_ceiling:
+                reason = "soc_limit_reached"
+            elif droop_w and (req_w == 0 or (target_w > 0) != (req_w > 0)):
+                reason = "freq_response"
+            else:
+                reason = why
+        if mode == self.mode and reason == self.mode_reason:
+            return False
+        self.mode = mode
+        self.mode_reason = reason
+        return True
 
     def _taper(self, room_cpct, full_w):
         if room_cpct <= 0:

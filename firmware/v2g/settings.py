@@ -20,22 +20,35 @@ def cpct(pct):
 
 class Settings:
     def __init__(self, cfg):
-        self.reserve_cpct = cpct(cfg["battery"]["reserve_pct"])
+        # each value in 0.01 % (the guard's unit) and in % (the plan's), both
+        # set here: reading either in a tick allocates nothing (a float made
+        # per read would, on every board)
+        self.reserve_cpct = self.reserve_pct = None
+        self.dep_cpct = self.dep_pct = None
+        self._reserve(cfg["battery"]["reserve_pct"])
         dep = cfg["departure"]
         self.dep_min = dep["time"]  # minute of the local day
-        self.dep_cpct = cpct(dep["soc_pct"])
+        self._dep_soc(dep["soc_pct"])
         self.mode = "auto"
         self.version = 0
 
-    def set_reserve(self, pct):
+    def _reserve(self, pct):
         self.reserve_cpct = cpct(pct)
+        self.reserve_pct = self.reserve_cpct / 100
+
+    def _dep_soc(self, pct):
+        self.dep_cpct = cpct(pct)
+        self.dep_pct = self.dep_cpct / 100
+
+    def set_reserve(self, pct):
+        self._reserve(pct)
         self.version += 1
 
     def set_departure(self, minute, soc_pct):
         if not 0 <= minute < 1440:
             raise ValueError("departure minute %d" % minute)
         self.dep_min = minute
-        self.dep_cpct = cpct(soc_pct)
+        self._dep_soc(soc_pct)
         self.version += 1
 
     def set_mode(self, mode):
@@ -43,11 +56,3 @@ class Settings:
             raise ValueError(mode)
         self.mode = mode
         self.version += 1
-
-    @property
-    def reserve_pct(self):
-        return self.reserve_cpct / 100
-
-    @property
-    def dep_pct(self):
-        return self.dep_cpct / 100

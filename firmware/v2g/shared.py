@@ -69,8 +69,12 @@ class Mailbox:
             return self.offered
 
     def take(self):
+        """Everything queued, oldest first (an empty tuple, allocating
+        nothing, when there is nothing: the control loop asks every tick)."""
         with self.lock:
             items = self.items
+            if not items:
+                return ()
             self.items = []
         return items
 
