@@ -16,7 +16,6 @@ import json
 import os
 import random
 import socket
-import subprocess
 import termios
 import threading
 import time
@@ -24,7 +23,7 @@ import tty
 
 import pytest
 
-from conftest import MICROPYTHON, ROOT, mp_env
+from conftest import start_mp
 from tools.sim.vehicle import PtyBridge
 
 
@@ -111,37 +110,15 @@ def adapter():
         a.close()
 
 
-def start_mpy(code, *args):
-    return subprocess.Popen([MICROPYTHON, "-c", code, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=mp_env(), cwd=ROOT)
+def start_mpy(case, *args):
+    """A case of host_tests/mp/can_slcan_cases.py, running."""
+    return start_mp("can_slcan_cases", case, *args)
 
 
 def finish(proc, timeout=30):
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, f"micropython exited {proc.returncode}\n{out}\n{err}"
     return json.loads(out.strip().splitlines()[-1])
-
-
-PRELUDE = r"""
-import json, sys, time, micropython, gc
-from v2g.can import Frame
-from v2g.can.slcan import SlcanBus, open_pty, open_tcp
-
-def frames_until(bus, want, ms):
-    f = Frame()
-    got = []
-    t0 = time.ticks_ms()
-    while len(got) < want and time.ticks_diff(time.ticks_ms(), t0) < ms:
-        if bus.recv_into(f):
-            got.append([f.id, f.ext, f.rtr, f.dlc, bytes(f.data[:f.dlc]).hex()])
-        else:
-            time.sleep_ms(1)
-    return got
-
-def counters(bus):
-    return {"errors": bus.errors, "nacks": bus.nacks, "rx": bus.rx_frames, "tx": bus.tx_frames,
-            "ovf": bus.rx_overflows, "offs": bus.bus_off_count, "state": bus.state()}
-"""
 
 
 # ------------------------------------------------------------ adapter emulator
@@ -174,16 +151,7 @@ REPLIES = [b"V1013\r", b"N1234\r", b"F00\r", b"\r", b"z\r", b"Z\r", b"\a"]
 
 def test_setup_transmit_receive_and_garbage_against_adapter(adapter):
     a = adapter()
-    proc = start_mpy(PRELUDE + r"""
-bus = SlcanBus(open_pty(sys.argv[1]))
-sent = [bus.send(0x108, b"\x01\xf4\x01\x0f\xb3\x01\x00\x00"),
-        bus.send(0x1ABCDEF5, b"\xaa\xbb", ext=True),
-        bus.send(0x7FF, b"")]
-got = frames_until(bus, 6, 5000)
-extra = frames_until(bus, 1, 300)  # the garbage that follows the last frame
-c = counters(bus)
-print(json.dumps({"sent": sent, "got": got, "extra": extra, "c": c}))
-""", a.path)
+    proc = start_mpy("transmit_receive_garbage", a.path)
     assert a.opened.wait(10), "the host opened the adapter"
     time.sleep(0.2)
     stream = b""
@@ -214,17 +182,7 @@ print(json.dumps({"sent": sent, "got": got, "extra": extra, "c": c}))
 
 def test_status_flags_and_filters(adapter):
     a = adapter()
-    proc = start_mpy(PRELUDE + r"""
-bus = SlcanBus(open_pty(sys.argv[1]))
-bus.set_filters([0x102, 0x200])
-states = [bus.state()]
-bus.request_status()
-frames_until(bus, 1, 300)
-states.append(bus.state())
-got = frames_until(bus, 3, 3000)
-states.append(bus.state())
-print(json.dumps({"states": states, "got": got, "c": counters(bus)}))
-""", a.path)
+    proc = start_mpy("status_flags_and_filters", a.path)
     assert a.opened.wait(10)
     time.sleep(0.4)
     # status reports: error warning, then error passive with a data overrun
@@ -240,13 +198,7 @@ print(json.dumps({"states": states, "got": got, "c": counters(bus)}))
 
 
 def test_missing_device_starts_bus_off_and_recovers_nothing(tmp_path):
-    proc = start_mpy(PRELUDE + r"""
-bus = SlcanBus(open_pty(sys.argv[1]))
-r = [bus.state(), bus.send(0x100, b""), bus.recv_into(Frame())]
-bus.recover()
-r.append(bus.state())
-print(json.dumps({"r": r, "offs": bus.bus_off_count}))
-""", str(tmp_path / "no-such-tty"))
+    proc = start_mpy("missing_device", str(tmp_path / "no-such-tty"))
     res = finish(proc)
     assert res["r"] == ["bus_off", False, False, "bus_off"]
     assert res["offs"] >= 1
@@ -254,17 +206,7 @@ print(json.dumps({"r": r, "offs": bus.bus_off_count}))
 
 def test_hang_up_is_bus_off(adapter):
     a = adapter()
-    proc = start_mpy(PRELUDE + r"""
-bus = SlcanBus(open_pty(sys.argv[1]))
-got = frames_until(bus, 1, 5000)
-t0 = time.ticks_ms()
-f = Frame()
-while bus.state() != "bus_off" and time.ticks_diff(time.ticks_ms(), t0) < 5000:
-    bus.recv_into(f)
-    time.sleep_ms(5)
-print(json.dumps({"got": got, "state": bus.state(), "offs": bus.bus_off_count,
-                  "send": bus.send(0x100, b"")}))
-""", a.path)
+    proc = start_mpy("hang_up", a.path)
     assert a.opened.wait(10)
     a.feed(b"t1001AA\r")
     time.sleep(0.5)
@@ -283,23 +225,7 @@ def test_round_trip_with_python_can_slcan():
     bridge = PtyBridge().start()
     pc = can.interface.Bus(interface="slcan", channel=bridge.car_path, bitrate=500000, sleep_after_open=0)
     try:
-        proc = start_mpy(PRELUDE + r"""
-bus = SlcanBus(open_pty(sys.argv[1]))
-bus.send(0x108, b"\x01\xf4\x01\x0f\xb3\x01\x00\x00")
-bus.send(0x18DAF110, b"\x02\x10\x03", ext=True)
-# echo every frame back with bit 10 set (extended: bit 28)
-f = Frame()
-n = 0
-t0 = time.ticks_ms()
-while n < 40 and time.ticks_diff(time.ticks_ms(), t0) < 8000:
-    if bus.recv_into(f):
-        while not bus.send(f.id | (0x10000000 if f.ext else 0x400), f.data[:f.dlc], f.ext):
-            time.sleep_ms(1)  # the previous line is still on its way
-        n += 1
-    else:
-        time.sleep_ms(1)
-print(json.dumps({"n": n, "c": counters(bus)}))
-""", bridge.fw_path)
+        proc = start_mpy("echo", bridge.fw_path)
         assert bridge.first_byte.wait(10)
         first = [pc.recv(5), pc.recv(5)]
         rnd = random.Random(7)
@@ -350,28 +276,7 @@ def test_flood_at_full_bus_rate_with_garbage_allocates_nothing(adapter):
             cid = rnd.choice((0x100, 0x101, 0x102, 0x200, 0x300))
             lines.append(b"t%03X8%s\r" % (cid, bytes(rnd.randrange(256) for _ in range(8)).hex().upper().encode()))
             valid += 1
-    proc = start_mpy(PRELUDE + r"""
-bus = SlcanBus(open_pty(sys.argv[1]))
-want = int(sys.argv[2])
-f = Frame()
-for _ in range(3):
-    bus.recv_into(f)  # nothing fed yet: the test waits for "ready"
-gc.collect()
-n = 0
-r = "ok"
-print("ready")
-t0 = time.ticks_ms()
-micropython.heap_lock()
-try:
-    while n < want and time.ticks_diff(time.ticks_ms(), t0) < 12000:
-        if bus.recv_into(f):
-            n += 1
-except MemoryError:
-    r = "allocated"
-micropython.heap_unlock()
-dt = time.ticks_diff(time.ticks_ms(), t0)
-print(json.dumps({"r": r, "n": n, "ms": dt, "c": counters(bus)}))
-""", a.path, str(valid))
+    proc = start_mpy("flood", a.path, str(valid))
     assert a.opened.wait(10)
     # Feed only once the reader is in its counting loop: a frame that arrived
     # during the warm-up calls above would be read there and never counted
@@ -415,20 +320,7 @@ def test_tcp_link_loss_and_recover():
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
-    proc = start_mpy(PRELUDE + r"""
-bus = SlcanBus(open_tcp("127.0.0.1", int(sys.argv[1])))
-out = []
-for round in range(2):
-    got = frames_until(bus, 1, 5000)
-    f = Frame()
-    t0 = time.ticks_ms()
-    while bus.state() != "bus_off" and time.ticks_diff(time.ticks_ms(), t0) < 5000:
-        bus.recv_into(f)
-        time.sleep_ms(5)
-    out.append([got, bus.state()])
-    bus.recover()
-print(json.dumps({"out": out, "offs": bus.bus_off_count}))
-""", str(port))
+    proc = start_mpy("tcp_loss_and_recover", str(port))
     res = finish(proc)
     t.join(5)
     srv.close()
@@ -447,13 +339,7 @@ def test_vehicle_bus_builds_slcan_links(adapter):
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     port = srv.getsockname()[1]
-    proc = start_mpy(PRELUDE + r"""
-from v2g.hal.can_build import vehicle_bus
-board = {"can": None}
-pty = vehicle_bus({"vehicle": {"link": "slcan:" + sys.argv[1]}}, board)
-tcp = vehicle_bus({"vehicle": {"link": "slcan-tcp:127.0.0.1:" + sys.argv[2]}}, board)
-print(json.dumps([type(pty).__name__, pty.state(), type(tcp).__name__, tcp.state()]))
-""", a.path, str(port))
+    proc = start_mpy("vehicle_bus_links", a.path, str(port))
     conn, _ = srv.accept()
     conn.settimeout(5)
     setup = b""
