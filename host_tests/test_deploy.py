@@ -1,9 +1,15 @@
 """`make deploy` end to end against the unix port presented as a board by
 tools/pty_bridge.py (and a plain unix-port REPL under socat): mpremote over
 a pty, files landing in a scratch root that then runs the deployed firmware
-against the simulated inverter."""
+against the simulated inverter.
+
+No test depends on another one's state: a test that needs a deployed board
+gets its own (`deployed`: a copy of the tree one deploy wrote, behind its own
+bridge), every deploy builds into the test's own directory, and any one test
+runs alone (`-k NAME`) or in any order."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,50 +19,39 @@ import time
 
 import pytest
 
-from conftest import MICROPYTHON, ROOT
+from conftest import MICROPYTHON, ROOT, run_mp
+from tools import children
+from tools.harness import InverterProcess, ToolProcess
 
 MPREMOTE = str(ROOT / "build" / "venv" / "bin" / "mpremote")
 DEPLOY_S = 60  # generous bound for one deploy; one takes a few seconds
 
 
-def _start(cmd, ready_prefix, **kw):
-    """Start a helper that prints `READY ...` first -> (proc, rest of that line)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=ROOT, **kw)
-    line = proc.stdout.readline()
-    if not line.startswith(ready_prefix):
-        proc.kill()
-        raise RuntimeError(f"{cmd[2]} did not start: {line!r}{proc.stdout.read()[:500]}")
-    return proc, line[len(ready_prefix):].strip()
+def start_bridge(root, *args, log):
+    """tools.pty_bridge on `root` (the board's filesystem) -> the running
+    bridge; its serial port is `.ready`."""
+    return ToolProcess("tools.pty_bridge", ["--root", root, *args], ready="READY port=", log=log,
+                       name="pty_bridge")
 
 
-def _stop(proc):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-@pytest.fixture(scope="module")
-def board(tmp_path_factory):
-    """The simulated board: (serial port, its filesystem root)."""
-    root = tmp_path_factory.mktemp("board") / "fs"
+def _board(root, log):
+    """The simulated board on `root` (no main.py at boot): yields (serial
+    port, its filesystem root)."""
     link = root.parent / "port"
-    proc, port = _start([sys.executable, "-m", "tools.pty_bridge", "--root", str(root), "--no-main",
-                         "--link-file", str(link)], "READY port=")
+    bridge = start_bridge(root, "--no-main", "--link-file", link, log=log)
+    port = bridge.ready
     assert link.read_text().strip() == port
     yield port, root
-    _stop(proc)
+    bridge.stop()
     assert not link.exists()  # removed on a clean stop
 
 
 @pytest.fixture(scope="module")
-def inverter():
-    proc, port = _start([sys.executable, "-m", "tools.sim.inverter_main", "--port", "0"], "READY port=")
-    yield int(port)
-    _stop(proc)
+def inverter(tmp_path_factory):
+    """The simulated inverter (read only: what runs against it changes nothing for the next)."""
+    inv = InverterProcess(log=tmp_path_factory.mktemp("inverter") / "inverter.log")
+    yield inv.port
+    inv.stop()
 
 
 def _closed_port():
@@ -67,12 +62,7 @@ def _closed_port():
     return port
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory, inverter):
-    """A valid unix_sim site config; MQTT points at a closed port (the
-    broker is not what this test is about)."""
-    d = tmp_path_factory.mktemp("site")
-
+def _site_writer(d, inverter):
     def write(name="site.json", **changes):
         cfg = json.loads((ROOT / "examples" / "site.json").read_text())
         cfg["inverter"]["link"] = f"tcp:127.0.0.1:{inverter}"
@@ -87,13 +77,36 @@ def site(tmp_path_factory, inverter):
     return write
 
 
-def deploy(port, config, *extra, board_name="unix_sim"):
+@pytest.fixture
+def site(tmp_path, inverter):
+    """Writes a valid unix_sim site config (with changes) -> (path, dict);
+    MQTT points at a closed port (the broker is not what this test is about)."""
+    d = tmp_path / "site"
+    d.mkdir()
+    return _site_writer(d, inverter)
+
+
+def run_deploy(build, port, config, *extra, board_name="unix_sim"):
+    """`python -m tools.deploy`, building into `build` -> CompletedProcess (+ elapsed)."""
     t0 = time.monotonic()
     res = subprocess.run([sys.executable, "-m", "tools.deploy", "--board", board_name, "--port", port,
-                          "--config", str(config), *extra],
+                          "--config", str(config), "--build-dir", str(build), *extra],
                          capture_output=True, text=True, cwd=ROOT, timeout=DEPLOY_S, stdin=subprocess.DEVNULL)
     res.elapsed = time.monotonic() - t0
     return res
+
+
+@pytest.fixture
+def deploy(tmp_path):
+    """deploy(port, config, *extra) as `make deploy` runs it, building into
+    this test's directory (deploy.build / BOARD holds the build and manifest)."""
+    build = tmp_path / "deploy-build"
+
+    def go(port, config, *extra, board_name="unix_sim"):
+        return run_deploy(build, port, config, *extra, board_name=board_name)
+
+    go.build = build
+    return go
 
 
 def failure_line(res):
@@ -105,14 +118,35 @@ def failure_line(res):
 
 
 @pytest.fixture(scope="module")
-def deployed(board, site):
-    port, root = board
-    config, cfg = site()
-    res = deploy(port, config)
-    return res, port, root, config, cfg
+def first_deploy(tmp_path_factory, inverter):
+    """One deploy to a fresh board, once: {"res", "root", "build", "config",
+    "cfg"}. Tests never touch its tree; `deployed` copies it."""
+    d = tmp_path_factory.mktemp("first")
+    config, cfg = _site_writer(d, inverter)()
+    gen = _board(d / "board" / "fs", d / "bridge.log")
+    port, root = next(gen)
+    try:
+        res = run_deploy(d / "deploy-build", port, config)
+    finally:
+        next(gen, None)  # the bridge stopped: the tree is all written
+    return {"res": res, "root": root, "build": d / "deploy-build", "config": config, "cfg": cfg}
 
 
-def test_deploy_to_the_unix_board(deployed):
+@pytest.fixture
+def deployed(first_deploy, tmp_path):
+    """A board of this test's own that holds what a first deploy wrote (a
+    copy of first_deploy's tree, behind a bridge of its own) -> (that
+    deploy's result, port, root, config, config dict)."""
+    assert first_deploy["res"].returncode == 0, first_deploy["res"].stdout + first_deploy["res"].stderr
+    root = tmp_path / "board" / "fs"
+    shutil.copytree(first_deploy["root"], root, symlinks=True)
+    gen = _board(root, tmp_path / "bridge.log")
+    port, root = next(gen)
+    yield first_deploy["res"], port, root, first_deploy["config"], first_deploy["cfg"]
+    next(gen, None)
+
+
+def test_deploy_to_the_unix_board(deployed, first_deploy):
     res, port, root, config, cfg = deployed
     assert res.returncode == 0, res.stdout + res.stderr
     print(f"first deploy through the pty: {res.elapsed:.1f} s")
@@ -129,13 +163,13 @@ def test_deploy_to_the_unix_board(deployed):
     assert (root / "board_configs" / "unix_sim.json").read_bytes() == (ROOT / "board_configs" / "unix_sim.json").read_bytes()
     assert (root / "lib" / "umqtt" / "simple.py").exists()
     # the manifest names every file with its sha256
-    manifest = json.loads((ROOT / "build" / "deploy" / "unix_sim" / "manifest.json").read_text())
+    manifest = json.loads((first_deploy["build"] / "unix_sim" / "manifest.json").read_text())
     assert set(manifest["files"]) >= {"config.json", "board_configs/unix_sim.json", "main.py", *mpys}
     # secrets never printed
     assert cfg["command_key"] not in res.stdout + res.stderr
 
 
-def test_redeploy_writes_only_changes_and_removes_stale_py_twins(deployed, site):
+def test_redeploy_writes_only_changes_and_removes_stale_py_twins(deployed, deploy):
     res, port, root, config, cfg = deployed
     twin = root / "v2g" / "plan.py"  # would be imported instead of plan.mpy
     twin.write_text("raise ImportError('stale')\n")
@@ -147,7 +181,7 @@ def test_redeploy_writes_only_changes_and_removes_stale_py_twins(deployed, site)
     assert not twin.exists()
 
 
-def test_a_corrupted_file_fails_verification_by_name(deployed):
+def test_a_corrupted_file_fails_verification_by_name(deployed, deploy):
     res, port, root, config, cfg = deployed
     target = root / "v2g" / "kernel.mpy"
     data = bytearray(target.read_bytes())
@@ -164,7 +198,7 @@ def test_a_corrupted_file_fails_verification_by_name(deployed):
     assert "copied v2g/kernel.mpy" in res.stdout
 
 
-def test_config_for_another_board_fails_before_touching_the_board(site):
+def test_config_for_another_board_fails_before_touching_the_board(site, deploy):
     config, _ = site("esp32.json", board="esp32_devkitc")
     res = deploy("/dev/does-not-exist", config)  # never opened: the check comes first
     assert res.returncode == 2
@@ -173,7 +207,7 @@ def test_config_for_another_board_fails_before_touching_the_board(site):
     assert "connecting" not in res.stdout
 
 
-def test_invalid_config_exits_2_with_the_validators_line(site):
+def test_invalid_config_exits_2_with_the_validators_line(site, deploy):
     config, _ = site("bad.json", battery__reserve_pct=95)
     res = deploy("/dev/does-not-exist", config)
     assert res.returncode == 2
@@ -188,7 +222,7 @@ def _boards_dir(tmp_path, **changes):
     return ["--boards-dir", str(tmp_path)]
 
 
-def test_too_old_micropython_is_refused_before_copying(deployed, tmp_path):
+def test_too_old_micropython_is_refused_before_copying(deployed, deploy, tmp_path):
     res, port, root, config, cfg = deployed
     res = deploy(port, config, *_boards_dir(tmp_path, min_micropython=[9, 0, 0]))
     assert res.returncode == 1
@@ -198,7 +232,7 @@ def test_too_old_micropython_is_refused_before_copying(deployed, tmp_path):
     assert "[5/7]" not in res.stdout
 
 
-def test_wrong_native_arch_is_refused(deployed, tmp_path):
+def test_wrong_native_arch_is_refused(deployed, deploy, tmp_path):
     res, port, root, config, cfg = deployed
     # a consistent board config for an RP2040 (armv6m), pointed at the x64 "board"
     res = deploy(port, config, *_boards_dir(tmp_path, chip="rp2040", mpy_arch="armv6m"))
@@ -212,7 +246,7 @@ def _tree(root):
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_romfs_deploy_needs_a_romfs_board_and_changes_nothing_without(deployed, mpy):
+def test_romfs_deploy_needs_a_romfs_board_and_changes_nothing_without(deployed, deploy):
     res, port, root, config, cfg = deployed
     before = _tree(root)
     res = deploy(port, config, "--romfs")
@@ -223,23 +257,15 @@ def test_romfs_deploy_needs_a_romfs_board_and_changes_nothing_without(deployed, 
     assert "[2/7] compile" in res.stdout and "ROMFS image" in res.stdout
     assert _tree(root) == before
     # the image it built holds every module, and they import from it
-    image = ROOT / "build" / "deploy" / "unix_sim" / "romfs.img"
-    manifest = json.loads((ROOT / "build" / "deploy" / "unix_sim" / "manifest.json").read_text())
+    image = deploy.build / "unix_sim" / "romfs.img"
+    manifest = json.loads((deploy.build / "unix_sim" / "manifest.json").read_text())
     assert manifest["romfs"]["bytes"] == image.stat().st_size
     assert not [p for p in manifest["files"] if p.startswith("v2g/")]
-    out = mpy(f"""
-import sys, vfs
-vfs.mount(vfs.VfsRom(open({str(image)!r}, "rb").read()), "/rom")
-sys.path.insert(0, "/rom")
-for m in ("v2g.app", "v2g.control", "v2g.cloud", "v2g.commands", "v2g.config", "v2g.chademo", "v2g.tech"):
-    __import__(m)
-    assert sys.modules[m].__file__.startswith("/rom/v2g/"), sys.modules[m].__file__
-print("ok")
-""")
+    out = run_mp("deploy_romfs_imports", image)
     assert out.lines()[-1] == "ok"
 
 
-def test_romfs_deploy_to_a_board_with_a_romfs_partition(site, tmp_path):
+def test_romfs_deploy_to_a_board_with_a_romfs_partition(site, deploy, tmp_path):
     """`make deploy ROMFS=1` to the simulated board given a 256 KB ROMFS
     partition (pty_bridge --romfs-bytes: rom_ioctl over a file standing in
     for flash): the image is written with `mpremote romfs deploy` and
@@ -247,14 +273,14 @@ def test_romfs_deploy_to_a_board_with_a_romfs_partition(site, tmp_path):
     the board runs the firmware from /rom. An unchanged image is not
     rewritten; a damaged one fails verification."""
     root, flash = tmp_path / "fs", tmp_path / "flash.bin"
-    proc, port = _start([sys.executable, "-m", "tools.pty_bridge", "--root", str(root), "--romfs-bytes", "262144",
-                         "--romfs-file", str(flash)], "READY port=")
+    bridge = start_bridge(root, "--romfs-bytes", "262144", "--romfs-file", flash, log=tmp_path / "bridge.log")
+    port = bridge.ready
     try:
         config, cfg = site()
         res = deploy(port, config, "--romfs")
         assert res.returncode == 0, res.stdout + res.stderr
         assert "ROMFS partition 256.0 kB" in res.stdout and "ROMFS image deployed" in res.stdout
-        image = (ROOT / "build" / "deploy" / "unix_sim" / "romfs.img").read_bytes()
+        image = (deploy.build / "unix_sim" / "romfs.img").read_bytes()
         data = flash.read_bytes()
         assert data[:len(image)] == image
         assert set(data[-4096:]) == {0xFF}  # the rest of the partition is still erased
@@ -264,7 +290,7 @@ def test_romfs_deploy_to_a_board_with_a_romfs_partition(site, tmp_path):
         end, out = time.monotonic() + 20, ""
         while time.monotonic() < end:
             r = subprocess.run([MPREMOTE, "connect", port, "resume", "exec",
-                                "import sys\nm = sys.modules.get('v2g.app')\nprint(m and m.__file__)"],
+                                "import sys; m = sys.modules.get('v2g.app'); print(m and m.__file__)"],
                                capture_output=True, text=True, timeout=30)
             out = r.stdout.strip()
             if out.endswith(".mpy"):
@@ -279,24 +305,25 @@ def test_romfs_deploy_to_a_board_with_a_romfs_partition(site, tmp_path):
         assert "ROMFS image unchanged, not rewritten" in res.stdout
         assert flash.stat().st_mtime_ns == mtime
     finally:
-        _stop(proc)
+        bridge.stop()
 
     # one byte of the image damaged in flash: verification names it
     data = bytearray(flash.read_bytes())
     data[len(image) // 2] ^= 0x01
     flash.write_bytes(bytes(data))
-    proc, port = _start([sys.executable, "-m", "tools.pty_bridge", "--root", str(root), "--no-main",
-                         "--romfs-bytes", "262144", "--romfs-file", str(flash)], "READY port=")
+    bridge = start_bridge(root, "--no-main", "--romfs-bytes", "262144", "--romfs-file", flash,
+                          log=tmp_path / "bridge2.log")
+    port = bridge.ready
     try:
         res = deploy(port, config, "--romfs", "--verify-only")
         assert res.returncode == 1
         assert failure_line(res).startswith("deploy: FAILED at verify: the board's ROMFS does not hold this "
                                             "build's image")
     finally:
-        _stop(proc)
+        bridge.stop()
 
 
-def test_another_sites_board_needs_yes(deployed, site):
+def test_another_sites_board_needs_yes(deployed, site, deploy):
     res, port, root, config, cfg = deployed
     other, _ = site("other.json", device_id="other-site")
     res = deploy(port, other)
@@ -387,28 +414,29 @@ def assert_firmware_ran(events, lines, rc):
     assert rc == 0, out
 
 
-def test_a_running_board_boots_main_and_takes_a_new_deploy(deployed, tmp_path):
+def test_a_running_board_boots_main_and_takes_a_new_deploy(deployed, deploy, tmp_path):
     """Without --no-main the simulated board runs main.py at boot, as a real
     one does; a deploy session interrupts the running firmware (Ctrl-C, soft
     reset), verifies and resets it back into the firmware."""
     import serial
 
     res, port, root, config, cfg = deployed
-    proc, live_port = _start([sys.executable, "-m", "tools.pty_bridge", "--root", str(root)], "READY port=")
+    live = start_bridge(root, log=tmp_path / "live-bridge.log")
+    live_port = live.ready
     try:
         with serial.Serial(live_port, timeout=0.2) as line:
             seen, end = b"", time.monotonic() + 15
             while time.monotonic() < end and b'"ev": "mode"' not in seen:
                 seen += line.read(4096)
         assert b'"ev": "mode"' in seen, seen[-2000:]
-        res = deploy(live_port, config, "--yes")  # the previous test left another site's config
+        res = deploy(live_port, config, "--yes")  # --yes: whichever site's config the board holds
         assert res.returncode == 0, res.stdout + res.stderr
         assert "[7/7] reset    the board restarted" in res.stdout
     finally:
-        _stop(proc)
+        live.stop()
 
 
-def test_tls_files_go_to_the_board_with_the_config(deployed, site, tmp_path):
+def test_tls_files_go_to_the_board_with_the_config(deployed, site, deploy, tmp_path):
     """TLS files named in the config (relative to it) land under certs/ and
     the deployed config points there; their contents are never printed."""
     res, port, root, config, cfg = deployed
@@ -456,7 +484,7 @@ def _plain_repl(root, env):
     return proc, str(link)
 
 
-def test_deploy_to_a_plain_unix_repl(site, tmp_path, inverter):
+def test_deploy_to_a_plain_unix_repl(site, deploy, tmp_path, inverter):
     """A plain unix-port REPL started in the deploy's target directory is a
     board too. Its default sys.path has no lib, where the deploy puts umqtt:
     the self-test imports through the firmware's own start-up code (as
@@ -485,6 +513,6 @@ def test_deploy_to_a_plain_unix_repl(site, tmp_path, inverter):
         assert res.returncode == 0, res.stdout + res.stderr
         assert " 0 copied, " in res.stdout
     finally:
-        _stop(proc)
+        children.end(proc)
     events, lines, rc = run_deployed(root, env)
     assert_firmware_ran(events, lines, rc)

@@ -52,7 +52,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tools import build_mpy, check_boards, children
+from tools import build_mpy, check_boards, children, device
 
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -102,29 +102,15 @@ def kb(n):
 
 # --- 1. config --------------------------------------------------------------
 
-# Runs on the unix port: the firmware's own loader, exactly as the board will
-# run it. Prints one JSON line; secrets stay inside.
-_VALIDATE = """\
-import json, sys
-from v2g import config
-try:
-    cfg = config.load({path!r})
-    board = config.load_board({boards!r}, cfg["board"])
-    config.check_board(cfg, board)
-except config.ConfigError as e:
-    sys.stderr.write("config error: " + e.path + ": " + e.rule + "\\n")
-    sys.exit(2)
-print(json.dumps({{"board": cfg["board"], "device_id": cfg["device_id"], "tls": cfg["mqtt"]["tls"]}}))
-"""
-
 
 def validate_on_unix(config_path, boards_dir, cwd):
     """-> summary dict, or DeployError(code 2) with the validator's own line.
-    Runs in `cwd`, so relative TLS paths resolve there."""
+    tools/device/validate.py runs the firmware's own loader on the unix port,
+    exactly as the board will run it. Runs in `cwd`, so relative TLS paths
+    resolve there."""
     env = dict(os.environ, MICROPYPATH=f"{ROOT / 'firmware'}:{LIB}:.frozen")
-    code = _VALIDATE.format(path=str(config_path), boards=str(boards_dir))
-    res = subprocess.run([str(MICROPYTHON), "-c", code], capture_output=True, text=True,
-                         env=env, cwd=cwd, timeout=60)
+    res = subprocess.run([str(MICROPYTHON), str(device.path("validate")), str(config_path), str(boards_dir)],
+                         capture_output=True, text=True, env=env, cwd=cwd, timeout=60)
     if res.returncode == 2:
         raise DeployError("config", res.stderr.strip().splitlines()[-1], code=2)
     if res.returncode != 0:
@@ -267,134 +253,11 @@ def write_manifest(out, board, mpy_version, files, image=None):
 
 # --- the board, through mpremote ----------------------------------------------
 
-# Runs on the device: sha256 of each path (None when missing), one repr line
-# each. hashlib.sha256 exists on the ESP32, RP2040 and unix builds.
-_HASHES = """\
-import hashlib, binascii
-def _h(p, b=bytearray(512)):
-    try:
-        f = open(p, "rb")
-    except OSError:
-        return None
-    d = hashlib.sha256()
-    m = memoryview(b)
-    while True:
-        n = f.readinto(b)
-        if not n:
-            break
-        d.update(m[:n])
-    f.close()
-    return binascii.hexlify(d.digest()).decode()
-for _p in {paths!r}:
-    print(repr((_p, _h(_p))))
-"""
-
-_MKDIRS = """\
-import os
-for _d in {dirs!r}:
-    try:
-        os.mkdir(_d)
-    except OSError as e:
-        if e.errno != 17:  # EEXIST
-            raise
-"""
-
-_WALK = """\
-import os
-def _walk(d):
-    try:
-        it = list(os.ilistdir(d))
-    except OSError:
-        return
-    for e in it:
-        p = d + "/" + e[0]
-        if e[1] & 0x4000:
-            _walk(p)
-        else:
-            print(repr(p))
-_walk({top!r})
-"""
-
-# After the copy: the device itself loads what it got. The config is checked
-# with the firmware's validator on the device (TLS files must be there too).
-# Each module is imported on its own and unloaded again, so the check needs
-# no more RAM than the largest module with its imports. lib/ comes on
-# sys.path through the firmware's own start-up code, as main.py does at boot.
-_SELF_TEST = """\
-import gc, sys
-from v2g import libpath
-libpath.add()
-from v2g import config
-try:
-    _c = config.load("config.json")
-    config.check_board(_c, config.load_board("board_configs", _c["board"]))
-    print(repr(("config", None)))
-except config.ConfigError as e:
-    print(repr(("config", e.path + ": " + e.rule)))
-_c = None
-for _m in {mods!r}:
-    try:
-        __import__(_m)
-        print(repr(("import", _m, None)))
-    except Exception as e:
-        print(repr(("import", _m, type(e).__name__ + ": " + str(e))))
-    for _k in [k for k in sys.modules if k == "v2g" or k.startswith("v2g.")]:
-        del sys.modules[_k]
-    gc.collect()
-"""
-
-# -> the size of ROMFS partition 0, or None without ROMFS support
-_ROMFS_QUERY = """\
-import vfs
-if not hasattr(vfs, "rom_ioctl") or vfs.rom_ioctl(1) <= 0:
-    print(repr(None))
-else:
-    _d = vfs.rom_ioctl(2, 0)
-    print(repr(_d.ioctl(4, 0) * _d.ioctl(5, 0) if hasattr(_d, "ioctl") else len(_d)))
-"""
-
-# the hash of the partition's first n bytes
-_ROMFS_HASH = """\
-import vfs, hashlib, binascii
-_d = vfs.rom_ioctl(2, 0)
-print(repr(binascii.hexlify(hashlib.sha256(memoryview(_d)[:{n}]).digest()).decode()))
-"""
-
-# mounted at /rom as the board's boot does (mpremote unmounts it to write),
-# for the import self-test
-_ROMFS_MOUNT = """\
-import vfs, sys
-_d = vfs.rom_ioctl(2, 0)
-try:
-    vfs.umount("/rom")
-except OSError:
-    pass
-vfs.mount(vfs.VfsRom(_d), "/rom")
-if "/rom" not in sys.path:
-    sys.path[:0] = ["/rom", "/rom/lib"]  # first, as the board's boot puts them
-"""
-
-_DEVICE_ID = """\
-import json
-try:
-    with open("config.json") as f:
-        print(repr(json.load(f).get("device_id")))
-except Exception:
-    print(repr(None))
-"""
-
-# Asked before the soft reset: can the board reset and still be there? Every
-# board's machine has reset(), and tools.pty_bridge gives the unix port one.
-# A plain unix-port REPL has none, and its soft reset (Ctrl-D) ends the
-# process, taking the pty's other end (socat) with it: it is never reset.
-_CAN_RESET = """\
-import machine, os
-print(repr((hasattr(machine, "reset"), os.getcwd())))
-"""
-
 
 class Device:
-    """One mpremote session in the board's raw REPL. Paths are relative to the
+    """One mpremote session in the board's raw REPL. What runs there is a
+    program of tools/device/ (tools/device/__init__.py: its parameters go in
+    as plain data, never spliced into code). Paths are relative to the
     directory the board starts in after a reset ("/" on a board, the root
     directory of tools.pty_bridge on the unix port, the current directory of
     a plain unix-port REPL)."""
@@ -415,7 +278,7 @@ class Device:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints raw bytes on failure
                 self._raw_repl(soft_reset=False)
-                self.resets, self.cwd = self.records(_CAN_RESET)[0]
+                self.resets, self.cwd = self.records("can_reset")[0]
                 if self.resets:
                     self._raw_repl(soft_reset=True)
         except Exception:
@@ -448,23 +311,24 @@ class Device:
             expect(banner)
         t.in_raw_repl = True  # the prompt ">" is left for exec to read
 
-    def run(self, code):
-        """Execute on the device -> its output (str). DeviceError with the last
-        traceback line when the code raised."""
+    def run(self, name, args=None):
+        """Execute the program tools/device/<name>.py on the device, given
+        `args` as its ARGS -> its output (str). DeviceError with the last
+        traceback line when it raised."""
         from mpremote.transport import TransportExecError
 
         try:
-            return self.t.exec(code).decode("utf-8", "replace")
+            return self.t.exec(device.program(name, args)).decode("utf-8", "replace")
         except TransportExecError as e:
             lines = e.error_output.strip().splitlines() or ["(no message)"]
             raise DeviceError(lines[-1])
 
-    def records(self, code):
-        """Execute code that prints one repr() per line -> list of values."""
-        return [ast.literal_eval(line) for line in self.run(code).splitlines() if line.strip()]
+    def records(self, name, args=None):
+        """Run a program that prints one repr() per line -> list of values."""
+        return [ast.literal_eval(line) for line in self.run(name, args).splitlines() if line.strip()]
 
     def hashes(self, paths):
-        return dict(self.records(_HASHES.format(paths=list(paths))))
+        return dict(self.records("hashes", list(paths)))
 
     def write(self, path, data):
         from mpremote.transport import TransportExecError
@@ -484,8 +348,7 @@ class Device:
         if not self.resets:
             self.close()
             return None
-        self.t.exec_raw_no_follow("import machine, time\ntime.sleep_ms(100)\n"
-                                  "getattr(machine, 'reset', machine.soft_reset)()")
+        self.t.exec_raw_no_follow(device.program("reset"))
         seen = b""
         end = time.monotonic() + RESET_WAIT_S
         try:
@@ -522,9 +385,7 @@ class Device:
 
 def check_device(dev, board, emitted):
     """-> a one-line description; DeployError when the firmware cannot run it."""
-    info = dev.records("import sys\n_i = sys.implementation\n"
-                       "print(repr((tuple(_i.version[:3]), getattr(_i, '_mpy', None), "
-                       "sys.platform, getattr(_i, '_machine', ''))))")[0]
+    info = dev.records("info")[0]
     version, mpy, platform, machine = info
     shown = ".".join(map(str, version))
     need = tuple(board["min_micropython"])
@@ -571,7 +432,7 @@ def check_umqtt(dev, board, port):
 
 def _imports(dev, module):
     try:
-        dev.run(f"import {module}")
+        dev.run("imports", module)
         return True
     except DeviceError:
         return False
@@ -579,7 +440,7 @@ def _imports(dev, module):
 
 def confirm_replace(dev, device_id, yes):
     """Guards against deploying one site's config onto another site's board."""
-    old = dev.records(_DEVICE_ID)[0]
+    old = dev.records("device_id")[0]
     if old is None or old == device_id or yes:
         return
     question = f"the board on {dev.port} is configured as {old!r}; replace it with {device_id!r}?"
@@ -610,11 +471,11 @@ def remove_stale(dev, manifest):
     .py twin that MicroPython would import instead of the .mpy. Removed first,
     which also frees flash for the copy."""
     removed = []
-    for path in dev.records(_WALK.format(top="v2g")):
+    for path in dev.records("walk", "v2g"):
         if path in manifest:
             continue
         try:
-            dev.run(f"import os\nos.remove({path!r})")
+            dev.run("remove", path)
         except DeviceError as e:
             raise DeployError("copy", f"cannot remove stale {path}: {e}")
         removed.append(path)
@@ -627,7 +488,7 @@ def copy_files(dev, manifest, files):
     """-> (copied, unchanged, removed) device paths. Files whose sha256 on the
     board already matches are not written again."""
     try:
-        dev.run(_MKDIRS.format(dirs=_parents(manifest)))
+        dev.run("mkdirs", _parents(manifest))
     except DeviceError as e:
         raise DeployError("copy", f"cannot create directories on the board: {e}")
     removed = remove_stale(dev, manifest)
@@ -663,7 +524,7 @@ def check_romfs(dev, image):
     """The board must have a ROMFS partition the image fits in."""
     size = Path(image).stat().st_size
     try:
-        part = dev.records(_ROMFS_QUERY)[0]
+        part = dev.records("romfs_query")[0]
     except DeviceError as e:
         raise DeployError("device", f"cannot query the board's ROMFS: {e}")
     if part is None:
@@ -692,20 +553,20 @@ def write_romfs(dev, port, image):
 
 def romfs_sha256(dev, image):
     """sha256 of the board's ROMFS partition over the image's length."""
-    return dev.records(_ROMFS_HASH.format(n=Path(image).stat().st_size))[0]
+    return dev.records("romfs_hash", Path(image).stat().st_size)[0]
 
 
 def verify_romfs(dev, image):
     if romfs_sha256(dev, image) != sha256_file(image):
         raise DeployError("verify", "the board's ROMFS does not hold this build's image")
-    dev.records(_ROMFS_MOUNT)
+    dev.records("romfs_mount")
 
 
 def self_test(dev, manifest, mods=None):
     if mods is None:
         mods = _module_names(manifest)
     try:
-        results = dev.records(_SELF_TEST.format(mods=mods))
+        results = dev.records("self_test", list(mods))
     except DeviceError as e:
         raise DeployError("verify", f"the firmware does not load on the board: {e}")
     for rec in results:
@@ -731,6 +592,8 @@ def parse_args(argv):
     p.add_argument("--romfs", action="store_true",
                    help="v2g/ as a ROMFS image (bytecode runs from flash); needs MicroPython with ROMFS")
     p.add_argument("--boards-dir", default=str(BOARDS), help=argparse.SUPPRESS)
+    # where the build and its manifest go (tests give each deploy its own)
+    p.add_argument("--build-dir", default=str(ROOT / "build" / "deploy"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -749,7 +612,7 @@ def prepare(args, stage):
     step(1, "config", f"{args.config} is valid for {name} (device_id {summary['device_id']})")
 
     emitted = mpy_cross_version()
-    out = ROOT / "build" / "deploy" / name
+    out = Path(args.build_dir).resolve() / name
     files.update(compile_firmware(board, out))
     if board["umqtt"] == "lib":
         files.update(umqtt_lib_files())
@@ -758,8 +621,13 @@ def prepare(args, stage):
     manifest = write_manifest(out, board, emitted, files, args.image)
     where = f", ROMFS image {kb(args.image.stat().st_size)}" if args.image else ""
     step(2, "compile", f"{n_mpy} modules for {board['mpy_arch']} (mpy {emitted[0]}.{emitted[1]}){where}, "
-                       f"manifest {out.relative_to(ROOT)}/manifest.json")
+                       f"manifest {_shown(out)}/manifest.json")
     return board, summary, files, manifest, emitted
+
+
+def _shown(path):
+    """A path as the installer reads it: relative to the repository when in it."""
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
 
 
 class Session:

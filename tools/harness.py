@@ -1,12 +1,16 @@
 """Running the pieces of a site on this machine: the firmware on the unix
-port, a real Mosquitto, the SunSpec simulator in-process. Shared by the
-host tests (host_tests/conftest.py) and the benchmarks (tools/bench_cloud.py)."""
+port, a real Mosquitto (or the embedded broker), the SunSpec simulator
+in-process or as its own process, the CHAdeMO car simulator, and any tool
+of this repository that says READY when it is up. One set of runners,
+shared by `make sim` (tools/sim), the host tests (host_tests/conftest.py)
+and the benchmarks (tools/bench*.py)."""
 import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,6 +85,82 @@ class LiveInverter:
         self.thread.join(5)
 
 
+class ToolProcess:
+    """A tool of this repository (`python -m MODULE ARGS...`) as a child
+    process that prints `READY <what>` as its first stdout line once it is
+    up; `ready` holds <what>. Its stderr goes to `log` (a path), else
+    nowhere. A tool that exits or says anything else first is a
+    RuntimeError "NAME: why" (its last log line, or what it printed)."""
+
+    def __init__(self, module, args=(), ready="READY ", log=None, name=None, env=None):
+        self.name = name or module
+        self.log_path = Path(log) if log else None
+        self.log = open(self.log_path, "w") if self.log_path else None
+        self.proc = children.spawn([sys.executable, "-m", module, *map(str, args)], stdout=subprocess.PIPE,
+                                   stderr=self.log or subprocess.DEVNULL, text=True, cwd=ROOT,
+                                   env=dict(os.environ, **(env or {})))
+        line = self.proc.stdout.readline()
+        if not line.startswith(ready):
+            self.stop()
+            said = self.log_path.read_text(errors="replace").strip().splitlines()[-1:] if self.log_path else []
+            raise RuntimeError(f"{self.name}: " + (said or [line.strip() or "exited at start"])[0])
+        self.ready = line[len(ready):].strip()
+
+    def stop(self, sig=None):
+        """-> its exit status."""
+        rc = children.end(self.proc, sig)
+        if self.log:
+            self.log.close()
+            self.log = None
+        return rc
+
+
+class InverterProcess(ToolProcess):
+    """The SunSpec inverter simulator as its own process (tools.sim.inverter_main,
+    whose options `args` are), on `port` (0: a free one). With `state_file`
+    it writes its snapshot there for state()."""
+
+    def __init__(self, args=(), port=0, state_file=None, log=None):
+        self.state_file = state_file
+        more = ["--state-file", str(state_file)] if state_file else []
+        super().__init__("tools.sim.inverter_main", ["--port", port, *args, *more], ready="READY port=",
+                         log=log, name="inverter simulator")
+        self.port = int(self.ready)
+
+    def state(self):
+        """Its last snapshot, or None before the first one."""
+        try:
+            return json.loads(Path(self.state_file).read_text())
+        except (OSError, ValueError):
+            return None
+
+
+class VehicleProcess(ToolProcess):
+    """The CHAdeMO car simulator (tools.sim.vehicle, options `args`) as its own
+    process; `link` is the SLCAN link it offers (a vehicle.link value). Its
+    SoC byte follows `soc_file` (set_soc); with `record`, report() is what
+    it saw."""
+
+    def __init__(self, args=(), soc_file=None, record=None, log=None):
+        self.soc_file = Path(soc_file) if soc_file else None
+        self.record = Path(record) if record else None
+        more = (["--soc-file", str(soc_file)] if soc_file else []) + (["--record", str(record)] if record else [])
+        super().__init__("tools.sim.vehicle", [*args, *more], ready="READY ", log=log, name="vehicle simulator")
+        self.link = self.ready
+
+    def set_soc(self, soc_pct):
+        tmp = self.soc_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"soc_pct": soc_pct}))
+        os.replace(tmp, self.soc_file)
+
+    def report(self):
+        """The report it recorded (after stop()), or None."""
+        try:
+            return json.loads(self.record.read_text())["report"]
+        except (OSError, ValueError, KeyError, AttributeError):
+            return None
+
+
 class Broker:
     """A real Mosquitto on a loopback port (optionally TLS): a free one, or
     `port`, which must be free."""
@@ -134,6 +214,25 @@ class Broker:
         self.proc = None
 
 
+def start_broker(out_dir, which="auto", port=0):
+    """Mosquitto when installed (or asked for), else the embedded pure-Python
+    broker (tools/sim/mini_broker.py); on `port`, or a free one.
+    -> (port, stop function, name)"""
+    if which == "mosquitto" or (which == "auto" and find_mosquitto()):
+        if not find_mosquitto():
+            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto), "
+                               "or use --broker embedded")
+        b = Broker(out_dir, port=port)
+        return b.port, b.stop, "mosquitto"
+    from tools.sim.mini_broker import run_in_thread
+
+    try:
+        _, port, stop = run_in_thread(port)
+    except OSError as e:
+        raise RuntimeError(f"broker port {port} is taken: {os.strerror(e.errno) if e.errno else e}") from None
+    return port, stop, "embedded broker"
+
+
 def romfs_heap_share(image_bytes):
     """Heap bytes that holding a ROMFS image costs the unix port: the buffer
     in whole 32-byte GC blocks plus its share of the GC's allocation and
@@ -144,18 +243,22 @@ def romfs_heap_share(image_bytes):
 
 class Firmware:
     """The firmware (firmware/main.py) on the unix port as its own process;
-    its JSON event lines are collected."""
+    its output lines are collected, and its JSON event lines parsed as they
+    come."""
 
-    def __init__(self, config_path, env=None, heap=None, compiled=False, romfs=False):
+    def __init__(self, config_path, env=None, heap=None, compiled=False, romfs=False, log=None):
         """compiled: run the .mpy build (tools/build_mpy.py), as a board
         runs it; needed for small heaps (compiling source costs RAM).
         romfs: run that build from a ROMFS image (tools/romfs_boot.py), as a
         board with a ROMFS partition runs it; `heap` (KB) is then the heap
-        beyond the image's buffer, which a board keeps in flash."""
+        beyond the image's buffer, which a board keeps in flash.
+        log: a file that gets every output line too."""
         import threading
 
         self.lines = []
+        self._events = []  # the JSON objects among the lines, in order
         self.cond = threading.Condition()
+        self.log = open(log, "w") if log else None
         env = dict(env or {})
         main = [str(FIRMWARE / "main.py")]
         if romfs:
@@ -185,22 +288,28 @@ class Firmware:
 
     def _read(self):
         for line in self.proc.stdout:
-            with self.cond:
-                self.lines.append(line)
-                self.cond.notify_all()
-
-    def events(self, kind=None):
-        out = []
-        with self.cond:
-            lines = list(self.lines)
-        for line in lines:
+            if self.log:
+                self.log.write(line)
             try:
                 e = json.loads(line)
             except ValueError:
-                continue
-            if kind is None or e.get("ev") == kind:
-                out.append(e)
-        return out
+                e = None
+            with self.cond:
+                self.lines.append(line)
+                if isinstance(e, dict):
+                    self._events.append(e)
+                self.cond.notify_all()
+
+    def events(self, kind=None):
+        """The events so far (of one kind)."""
+        with self.cond:
+            evs = list(self._events)
+        return evs if kind is None else [e for e in evs if e.get("ev") == kind]
+
+    def last(self, kind):
+        """The newest event of a kind, or None."""
+        with self.cond:
+            return next((e for e in reversed(self._events) if e.get("ev") == kind), None)
 
     def wait_event(self, kind, pred=lambda e: True, timeout=15.0):
         import time
@@ -219,6 +328,9 @@ class Firmware:
     def stop(self, sig=None):
         children.end(self.proc, sig, timeout=15)
         self.reader.join(5)
+        if self.log:
+            self.log.close()
+            self.log = None
         return self.proc.returncode
 
     def output(self):

@@ -25,7 +25,8 @@ What makes it behave like a board rather than a process:
   one has installed its Ctrl-C handler, so mpremote's "Ctrl-C, Ctrl-A" after a
   reset is neither lost nor fatal.
 - `machine.reset()`: the unix port has none; a shim module adds it (a "hard"
-  reset: the board comes back in the friendly REPL and runs main.py).
+  reset: the board comes back in the friendly REPL and runs main.py). The
+  shims and the start-up are MicroPython files in tools/device/.
 - Output with nobody attached to the line is dropped, as a UART does; the
   firmware never blocks on a console no one reads.
 - `--romfs-bytes N`: a ROMFS partition of N bytes, as a board built with
@@ -54,7 +55,7 @@ import time
 import tty
 from pathlib import Path
 
-from tools import children
+from tools import children, device
 
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -74,112 +75,11 @@ SHORT_LIVES = 3  # after this many short lives in a row, pause before each resta
 RESTART_PAUSE_S = 0.5
 MAX_EARLY_DEATHS = 5  # died before READY_MARK this many times in a row: give up
 
-# The unix port's machine module cannot be given attributes, but an extensible
-# built-in can be shadowed by a .py file that re-exports it (`umachine`).
-_MACHINE_SHIM = """\
-# pty_bridge: the unix port's machine module plus reset(), as on a board.
-from umachine import *
-import umachine as _m
-
-
-def reset():
-    # Tell the bridge this was a hard reset (back in the friendly REPL,
-    # main.py runs), then end this interpreter as a soft reset does.
-    open({flag!r}, "w").close()
-    _m.soft_reset()
-"""
-
-# vfs with a ROMFS partition (--romfs-bytes). The unix port has VfsRom but no
-# rom_ioctl; `import vfs` finds this module first (sys.modules).
-_ROMFS_SHIM = """\
-# pty_bridge: vfs plus rom_ioctl over one ROMFS partition (a file here,
-# memory-mapped flash on a board); mounts an image found there at /rom.
-import sys
-from vfs import *
-
-_PATH = {path!r}
-_BLOCK = 4096  # erase block
-_MIN_WRITE = 4
-with open(_PATH, "rb") as _f:
-    _flash = bytearray(_f.read())
-
-
-def _save():
-    with open(_PATH, "wb") as f:
-        f.write(_flash)
-
-
-def rom_ioctl(op, *args):
-    if op == 1:  # number of partitions
-        return 1
-    if not args or args[0] != 0:
-        return -19  # ENODEV
-    if op == 2:  # the partition, memory-mapped
-        return memoryview(_flash)
-    if op == 3:  # erase: (id, length) from 0, or (id, offset, length)
-        off, n = (0, args[1]) if len(args) == 2 else (args[1], args[2])
-        if off < 0 or n < 0 or off % _BLOCK or off + n > len(_flash):
-            return -22  # EINVAL
-        n = (n + _BLOCK - 1) // _BLOCK * _BLOCK
-        _flash[off:off + n] = b"\\xff" * min(n, len(_flash) - off)
-        _save()
-        return _MIN_WRITE
-    if op == 4:  # write (id, offset, data): flash bits only go 1 -> 0
-        off, data = args[1], args[2]
-        if off < 0 or off + len(data) > len(_flash):
-            return -22
-        for i in range(len(data)):
-            _flash[off + i] &= data[i]
-        _save()
-        return 0
-    if op == 5:  # end of writing
-        return 0
-    if op == 6:  # erase block size
-        return _BLOCK
-    return -22
-
-
-def boot_mount():
-    if _flash[:3] != b"\\xd2\\xcd\\x31":  # no ROMFS image: boot from the filesystem
-        return
-    try:
-        mount(VfsRom(memoryview(_flash)), "/rom")
-    except OSError:
-        return  # not a valid image: the board boots from its filesystem
-    sys.path[:0] = ["/rom", "/rom/lib"]
-
-
-sys.modules["vfs"] = sys.modules[__name__]
-"""
-
-# Run by the interpreter with -i before its REPL: a board's start-up.
-_STARTUP = """\
-def _v2g_boot(names):
-    import os, sys
-    sys.stdout.write({mark!r})
-    if {romfs!r}:
-        import _bridge_romfs
-        _bridge_romfs.boot_mount()
-    for name in names:
-        try:
-            os.stat(name)
-        except OSError:
-            continue
-        try:
-            with open(name) as f:
-                code = compile(f.read(), name, "exec")
-            exec(code, globals())
-        except SystemExit:
-            # A board soft-resets when boot.py or main.py raises SystemExit.
-            import machine
-            machine.soft_reset()
-        except BaseException as e:
-            sys.print_exception(e)
-
-
-_v2g_boot({names!r})
-del _v2g_boot
-"""
+# The board-side programs (tools/device/): the start-up each interpreter
+# runs, and the modules it finds on its path: machine with reset(), and vfs
+# with rom_ioctl for --romfs-bytes.
+BOOT = "bridge_boot"
+SHIMS = device.DIR / "bridge"
 
 
 def _raw_with_isig(fd):
@@ -241,15 +141,14 @@ class Bridge:
         self.micropython = str(micropython)
         self.state_dir = Path(tempfile.mkdtemp(prefix="pty_bridge."))
         self.reset_flag = self.state_dir / "hard_reset"
-        (self.state_dir / "machine.py").write_text(_MACHINE_SHIM.format(flag=str(self.reset_flag)))
         self.romfs_bytes = romfs_bytes
+        self.romfs_file = None
         if romfs_bytes:
             # the flash outlives the bridge when the file is given (as it
             # outlives a power cycle); a new or resized one starts erased
             self.romfs_file = Path(romfs_file or self.state_dir / "romfs0.bin").resolve()
             if not self.romfs_file.exists() or self.romfs_file.stat().st_size != romfs_bytes:
                 self.romfs_file.write_bytes(b"\xff" * romfs_bytes)
-            (self.state_dir / "_bridge_romfs.py").write_text(_ROMFS_SHIM.format(path=str(self.romfs_file)))
         # The serial line. The bridge keeps no slave fd open, so the master
         # reports POLLHUP exactly when no client has the port open.
         self.link, slave = os.openpty()
@@ -270,14 +169,19 @@ class Bridge:
 
     def _env(self):
         env = dict(os.environ)
-        env["MICROPYPATH"] = f"{self.root}:{self.state_dir}:.frozen:{self.root}/lib"
+        env["MICROPYPATH"] = f"{self.root}:{SHIMS}:.frozen:{self.root}/lib"
         # behave as a board: Ctrl-C stops the cloud link, not the control loop
         env["V2G_REPL"] = "1"
+        # where the shims keep their state (tools/device/bridge/)
+        env["V2G_BRIDGE_RESET_FLAG"] = str(self.reset_flag)
+        if self.romfs_file is not None:
+            env["V2G_BRIDGE_ROMFS_FILE"] = str(self.romfs_file)
         return env
 
     def start(self, friendly):
         names = ("boot.py", "main.py") if friendly and self.run_main else ("boot.py",)
-        code = _STARTUP.format(mark=READY_MARK.decode(), names=names, romfs=self.romfs_bytes > 0)
+        code = device.program(BOOT, {"mark": READY_MARK.decode(), "romfs": self.romfs_bytes > 0,
+                                     "names": list(names)})
         if not friendly:
             # Back to the raw REPL, before anything the client sent meanwhile.
             self.to_interp[:0] = CTRL_A
