@@ -22,129 +22,35 @@ same run, written to build/bench/results.json (one flat object of numbers).
     python -m tools.bench kernel refresh    only those
 """
 import json
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-from tools import children
+from tools import children, device
+from tools.harness import MICROPYTHON, ROOT, InverterProcess, mp_env
 
-ROOT = Path(__file__).resolve().parent.parent
-MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
-VENV_PY = ROOT / "build" / "venv" / "bin" / "python"
 OUT = ROOT / "build" / "bench" / "results.json"
 
 
-def run_mpy(code, args=(), timeout=300):
-    env = dict(os.environ)
-    env["MICROPYPATH"] = f"{ROOT / 'firmware'}:{ROOT / 'build' / 'lib'}:.frozen"
-    res = subprocess.run([str(MICROPYTHON), "-c", code, *args], capture_output=True, text=True,
-                         env=env, timeout=timeout, cwd=str(ROOT))
+def run_mpy(name, args=(), timeout=300):
+    """Run the program tools/device/<name>.py on the unix port with the
+    firmware on its path -> its last output line, parsed as JSON."""
+    res = subprocess.run([MICROPYTHON, str(device.path(name)), *map(str, args)], capture_output=True, text=True,
+                         env=mp_env(), timeout=timeout, cwd=str(ROOT))
     if res.returncode != 0:
         raise RuntimeError(f"micropython failed:\n{res.stdout}\n{res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-KERNEL_BENCH = r"""
-import gc, json, sys, time
-from v2g import kernel as K
-
-# The bytecode twin: the very same source with the viper decorator removed.
-src = open(sys.argv[1]).read().replace("@micropython.viper\n", "")
-twin = {}
-exec(src, twin)
-
-def setup(mod_new_state):
-    s = mod_new_state()
-    s[K.LO_W] = -7000; s[K.HI_W] = 7000; s[K.RAMP_W] = 40
-    s[K.NOM_MHZ] = 50000; s[K.DB_MHZ] = 200; s[K.K_W_PER_HZ] = 2800; s[K.FREQ_EN] = 1
-    return s
-
-def loop(tick, s, n):
-    i = 0
-    while i < n:
-        s[K.REQ_W] = 7000 if (i >> 9) & 1 else -7000
-        s[K.HZ_MHZ] = 49000 + (i & 2047)
-        tick(s)
-        i += 1
-
-def empty(tick, s, n):
-    # the loop's own cost, subtracted from both
-    i = 0
-    while i < n:
-        s[K.REQ_W] = 7000 if (i >> 9) & 1 else -7000
-        s[K.HZ_MHZ] = 49000 + (i & 2047)
-        i += 1
-
-def timed(fn, tick, s, n):
-    best = None
-    for _ in range(5):
-        t = time.ticks_us()
-        fn(tick, s, n)
-        dt = time.ticks_diff(time.ticks_us(), t)
-        best = dt if best is None or dt < best else best
-    return best
-
-N = 20000
-sv = setup(K.new_state)
-sb = setup(twin["new_state"])
-# same inputs give the same outputs: the twin really is the same kernel
-loop(K.tick, sv, 3000); loop(twin["tick"], sb, 3000)
-assert list(sv) == list(sb), (list(sv), list(sb))
-base = timed(empty, None, sv, N)
-viper_us = timed(loop, K.tick, sv, N) - base
-byte_us = timed(loop, twin["tick"], sb, N) - base
-gc.collect(); gc.disable()
-a0 = gc.mem_alloc()
-loop(K.tick, sv, N)
-alloc = gc.mem_alloc() - a0
-gc.enable()
-print(json.dumps({"kernel_viper_ns_per_tick": viper_us * 1000 // N,
-                  "kernel_bytecode_ns_per_tick": byte_us * 1000 // N,
-                  "kernel_speedup_viper_vs_bytecode": round(byte_us / max(1, viper_us), 1),
-                  "kernel_alloc_bytes_per_tick": alloc / N}))
-"""
-
-REFRESH_BENCH = r"""
-import json, sys
-from v2g.hal.tcpstream import TcpStream
-from v2g.modbus import RtuMaster
-from v2g.meas import Meas
-from v2g.sunspec import SunSpecInverter
-port = int(sys.argv[1])
-m = RtuMaster(TcpStream("127.0.0.1", port), 1)
-inv = SunSpecInverter(m)
-inv.discover()
-meas = Meas()
-inv.refresh(meas, 1)  # warm
-N = 200
-t0, b0 = m.transactions, m.tx_bytes + m.rx_bytes
-for i in range(N):
-    inv.refresh(meas, i)
-tr = (m.transactions - t0) / N
-by = (m.tx_bytes + m.rx_bytes - b0) / N
-# minimum: one request (8 bytes) and one response (5 + 2 per register) per
-# model block, carrying only the registers the controller uses
-minimum = sum(8 + 5 + 2 * used for span, used in inv.needed_registers())
-print(json.dumps({"refresh_transactions": tr, "refresh_bytes": by, "refresh_bytes_minimum": minimum,
-                  "refresh_bytes_vs_minimum": round(by / minimum, 3),
-                  "refresh_soc_pct": meas.soc_cpct / 100}))
-"""
-
-
 def bench_kernel(results):
-    results.update(run_mpy(KERNEL_BENCH, [str(ROOT / "firmware" / "v2g" / "kernel.py")]))
+    results.update(run_mpy("bench_kernel", [ROOT / "firmware" / "v2g" / "kernel.py"]))
 
 
 def bench_refresh(results):
-    proc = children.spawn([str(VENV_PY), "-m", "tools.sim.inverter_main", "--port", "0", "--pct-sf", "-2"],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(ROOT))
+    inv = InverterProcess(["--pct-sf", -2])
     try:
-        line = proc.stdout.readline()
-        port = int(line.split("=")[1])
-        results.update(run_mpy(REFRESH_BENCH, [str(port)]))
+        results.update(run_mpy("bench_refresh", [inv.port]))
     finally:
-        children.end(proc)
+        inv.stop()
 
 
 def bench_modbus(results):

@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from tools import children
+from tools import children, device
 
 ROOT = Path(__file__).resolve().parent.parent
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -121,62 +121,9 @@ class ServerProcess:
 
 # ------------------------------------------------------------------ bench
 
-# Shared by both snippets: CPU time of this process from the scheduler (ns).
-_CPU_NS = """
-def cpu_ns():
-    try:
-        with open('/proc/self/schedstat') as f:
-            return int(f.read().split()[0])
-    except (OSError, ValueError):
-        return None
-"""
-
-# A str.format template (hence the doubled braces), like the snippets below.
-_TIMED_LOOP = """
-for _ in range(50):  # warm-up: connect, caches, first allocations
-    regs = read()
-c0 = cpu_ns()
-t0 = time.ticks_us()
-for _ in range(N):
-    regs = read()
-wall_us = time.ticks_diff(time.ticks_us(), t0)
-c1 = cpu_ns()
-cpu_us = (c1 - c0) // 1000 if c0 is not None else wall_us
-print(json.dumps({{"cpu_us": cpu_us, "wall_us": wall_us, "regs": first4(regs), "n": N}}))
-"""
-
-OURS = _CPU_NS + """
-import json, struct, time
-from v2g.modbus import RtuMaster
-from v2g.hal.tcpstream import TcpStream
-N = {n}
-master = RtuMaster(TcpStream("127.0.0.1", {port}), {unit}, timeout_ms=500)
-FMT = ">{regs}H"
-if {unpack}:
-    def read():
-        return struct.unpack_from(FMT, master.read_holding(0, {regs}))
-    def first4(regs):
-        return list(regs[:4])
-else:
-    def read():
-        return master.read_holding(0, {regs})
-    def first4(regs):  # a memoryview of big-endian register bytes
-        return list(struct.unpack_from(">4H", regs))
-""" + _TIMED_LOOP
-
-UMODBUS = _CPU_NS + """
-import json, time
-import machine
-machine.set_target("127.0.0.1", {port})
-from umodbus.serial import Serial
-# 115200 baud only shortens umodbus's inter-frame sleeps (wall time, not CPU).
-bus = Serial(uart_id=1, baudrate=115200, pins=(0, 1))
-N = {n}
-def read():
-    return bus.read_holding_registers({unit}, 0, {regs}, False)
-def first4(regs):
-    return list(regs[:4])
-""" + _TIMED_LOOP
+# The two programs (tools/device/): each times its master's reads through
+# the same loop (tools/device/bench_timed.py).
+PROGRAMS = {"ours": "bench_modbus_ours", "umodbus": "bench_modbus_umodbus"}
 
 
 def _fetch_umodbus():
@@ -186,9 +133,9 @@ def _fetch_umodbus():
     )
 
 
-def _run_mpy(code, micropypath):
+def _run_mpy(name, args, micropypath):
     env = dict(os.environ, MICROPYPATH=micropypath)
-    proc = subprocess.run([str(MICROPYTHON), "-c", code], cwd=ROOT, env=env,
+    proc = subprocess.run([str(MICROPYTHON), str(device.path(name)), *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise RuntimeError(f"micropython failed:\n{proc.stdout}\n{proc.stderr}")
@@ -203,15 +150,15 @@ def measure(reads=1000, regs=50, rounds=5):
     umodbus_path = f"{SHIMS}:build/lib:.frozen"
     best = {}
     with ServerProcess(free_port()) as server:
-        fmt = dict(port=server.port, unit=UNIT, n=reads, regs=regs)
+        args = [server.port, UNIT, reads, regs]
         jobs = {
-            "ours": (OURS.format(unpack=0, **fmt), ours_path),
-            "ours_unpacked": (OURS.format(unpack=1, **fmt), ours_path),
-            "umodbus": (UMODBUS.format(**fmt), umodbus_path),
+            "ours": (PROGRAMS["ours"], [*args, 0], ours_path),
+            "ours_unpacked": (PROGRAMS["ours"], [*args, 1], ours_path),
+            "umodbus": (PROGRAMS["umodbus"], args, umodbus_path),
         }
         for _ in range(rounds):  # interleaved, so drift hits all alike
-            for name, (code, path) in jobs.items():
-                res = _run_mpy(code, path)
+            for name, (program, prog_args, path) in jobs.items():
+                res = _run_mpy(program, prog_args, path)
                 if res["regs"] != expect:
                     raise RuntimeError(f"{name} read wrong values: {res['regs']}")
                 if name not in best or res["cpu_us"] < best[name]["cpu_us"]:

@@ -40,21 +40,26 @@ OUT = ROOT / "build" / "bench" / "soak"
 # 8 h from midnight hold the night's charging and the 07:30 departure, so
 # every check of the day applies; in 16 s (x1800) ten days take ~4 minutes.
 DAYS, HOURS, WALL_S = 10, 8.0, 16.0
-HOG = "while True:\n    pass\n"
-# 256 MB to a file on the build directory's disk, flushed (fsync: write-back
-# and a journal commit), removed, again; only ever one such file per hog
-IO_HOG = """
-import os, sys
-path = sys.argv[1]
-mb = b"\\0" * (1 << 20)
-while True:
-    with open(path, "wb") as f:
-        for _ in range(256):
-            f.write(mb)
-        f.flush()
-        os.fsync(f.fileno())
-    os.unlink(path)
-"""
+
+
+def cpu_hog():
+    """Spins forever (`--cpu-hog`)."""
+    while True:
+        pass
+
+
+def io_hog(path):
+    """256 MB to `path` on the build directory's disk, flushed (fsync:
+    write-back and a journal commit), removed, again (`--io-hog PATH`);
+    only ever one such file per hog."""
+    mb = b"\0" * (1 << 20)
+    while True:
+        with open(path, "wb") as f:
+            for _ in range(256):
+                f.write(mb)
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(path)
 
 
 def _env(name, default, kind):
@@ -97,9 +102,10 @@ def run(results, days=None, hours=None, wall_s=None, hogs=None, io_hogs=None):
     try:
         OUT.mkdir(parents=True, exist_ok=True)
         for _ in range(hogs):
-            started.append(children.spawn([sys.executable, "-c", HOG]))
+            started.append(children.spawn([sys.executable, "-m", "tools.bench_soak", "--cpu-hog"], cwd=str(ROOT)))
         for path in io_files:
-            started.append(children.spawn([sys.executable, "-c", IO_HOG, str(path)]))
+            started.append(children.spawn([sys.executable, "-m", "tools.bench_soak", "--io-hog", str(path)],
+                                          cwd=str(ROOT)))
         for i in range(days):
             rep = day(OUT / f"day{i + 1:02d}", hours, wall_s)
             if rep is None:
@@ -149,7 +155,13 @@ def main(argv=None):
     p.add_argument("--wall-s", type=float, default=None, help=f"wall seconds per day (default {WALL_S:g})")
     p.add_argument("--hogs", type=int, default=None, help="CPU hog processes beside them (default one per core)")
     p.add_argument("--io-hogs", type=int, default=None, help="disk writers beside them (default 1)")
+    p.add_argument("--cpu-hog", action="store_true", help=argparse.SUPPRESS)  # one hog's process
+    p.add_argument("--io-hog", metavar="PATH", help=argparse.SUPPRESS)  # one disk writer's process
     a = p.parse_args(argv)
+    if a.cpu_hog:
+        cpu_hog()
+    if a.io_hog:
+        io_hog(a.io_hog)
     results = {}
     run(results, a.days, a.hours, a.wall_s, a.hogs, a.io_hogs)
     print(json.dumps(results, indent=2))

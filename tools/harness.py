@@ -257,6 +257,7 @@ class Firmware:
 
         self.lines = []
         self._events = []  # the JSON objects among the lines, in order
+        self._last = {}  # the newest event of each kind
         self.cond = threading.Condition()
         self.log = open(log, "w") if log else None
         env = dict(env or {})
@@ -298,6 +299,7 @@ class Firmware:
                 self.lines.append(line)
                 if isinstance(e, dict):
                     self._events.append(e)
+                    self._last[e.get("ev")] = e
                 self.cond.notify_all()
 
     def events(self, kind=None):
@@ -309,7 +311,7 @@ class Firmware:
     def last(self, kind):
         """The newest event of a kind, or None."""
         with self.cond:
-            return next((e for e in reversed(self._events) if e.get("ev") == kind), None)
+            return self._last.get(kind)
 
     def wait_event(self, kind, pred=lambda e: True, timeout=15.0):
         import time

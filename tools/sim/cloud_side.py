@@ -2,7 +2,6 @@
 device's topics and sends signed dispatches at the evening peak, on the
 simulated clock, then says what it saw."""
 import json
-import os
 import threading
 import time
 
@@ -75,26 +74,6 @@ class CloudSide:
             lines.append(f"  dispatch {d['id']}: {d['ev_w']:+d} W -> {'accepted' if d['ok'] else 'REJECTED'}"
                          f"{' (limited)' if d['limited'] else ''}: {d['detail']}")
         return "\n".join(lines)
-
-
-def start_broker(out_dir, which="auto", port=0):
-    """Mosquitto when installed (or asked for), else the embedded pure-Python
-    broker; on `port`, or a free one. -> (port, stop function, name)"""
-    from tools.harness import Broker, find_mosquitto
-
-    if which == "mosquitto" or (which == "auto" and find_mosquitto()):
-        if not find_mosquitto():
-            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto), "
-                               "or use --broker embedded")
-        b = Broker(out_dir, port=port)
-        return b.port, b.stop, "mosquitto"
-    from tools.sim.mini_broker import run_in_thread
-
-    try:
-        _, port, stop = run_in_thread(port)
-    except OSError as e:
-        raise RuntimeError(f"broker port {port} is taken: {os.strerror(e.errno) if e.errno else e}") from None
-    return port, stop, "embedded broker"
 
 
 def dump(path, summary):

@@ -12,24 +12,20 @@ import copy
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from tools import children
+from tools.harness import Firmware, InverterProcess, VehicleProcess, start_broker
 
 from .clock import WarpClock
-from .cloud_side import DEFAULT_DISPATCHES, CloudSide, start_broker
+from .cloud_side import DEFAULT_DISPATCHES, CloudSide
 from .grid import Grid
 from . import report as reportmod
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_PY = ROOT / "build" / "venv" / "bin" / "python"
-MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
 DAY_S = 86400
 
 
@@ -130,105 +126,6 @@ def freq_events(spec, start_s, nominal_hz):
     return out
 
 
-class Firmware:
-    """The firmware on the unix port; its JSON event lines are collected."""
-
-    def __init__(self, config_path, clock_env, log_path):
-        env = dict(os.environ)
-        env["MICROPYPATH"] = f"{ROOT / 'firmware'}:{ROOT / 'build' / 'lib'}:.frozen"
-        env["V2G_CLOCK"] = clock_env
-        self.events = []
-        self.log = open(log_path, "w")
-        self.proc = children.spawn(
-            [str(MICROPYTHON), str(ROOT / "firmware" / "main.py"), str(config_path),
-             "--boards", str(ROOT / "board_configs")],
-            stop_sig=signal.SIGINT,  # the firmware stops cleanly on SIGINT
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(ROOT))
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.log.write(line)
-            try:
-                self.events.append(json.loads(line))
-            except ValueError:
-                self.events.append({"ev": "text", "text": line.rstrip()})
-
-    def last_mode(self):
-        for e in reversed(self.events):
-            if e.get("ev") == "mode":
-                return e
-        return None
-
-    def stop(self):
-        children.end(self.proc)
-        self.reader.join(timeout=5)
-        self.log.close()
-        return self.proc.returncode
-
-
-class Vehicle:
-    """tools.sim.vehicle: the Leaf capture replayed as a car over SLCAN/TCP,
-    holding its steady charging phase; its SoC byte follows the simulated
-    battery through a file."""
-
-    def __init__(self, out):
-        self.soc_file = out / "vehicle_soc.json"
-        self.record = out / "vehicle_frames.json"
-        self.log = open(out / "vehicle.log", "w")
-        self.proc = children.spawn(
-            # x20: the capture's 28 s plug-in sequence would be 11 simulated
-            # hours at x1440; the CAN timing itself stays real time
-            [str(VENV_PY), "-m", "tools.sim.vehicle", "--tcp", "0", "--hold", "--speed", "20",
-             "--soc-file", str(self.soc_file),
-             "--record", str(self.record)], stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT))
-        line = self.proc.stdout.readline().strip()
-        if not line.startswith("READY slcan"):
-            raise RuntimeError("vehicle simulator did not start: " + line)
-        self.link = line.split()[1]
-
-    def set_soc(self, soc_pct):
-        tmp = self.soc_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"soc_pct": soc_pct}))
-        os.replace(tmp, self.soc_file)
-
-    def stop(self):
-        children.end(self.proc)
-        self.log.close()
-        try:
-            return json.loads(self.record.read_text())["report"]
-        except (OSError, ValueError, KeyError):
-            return None
-
-
-class Inverter:
-    def __init__(self, clock_env, soc, capacity_wh, nominal_hz, events, state_path, log_path, port=0):
-        self.state_path = state_path
-        self.log = open(log_path, "w")
-        cmd = [str(VENV_PY), "-m", "tools.sim.inverter_main", "--port", str(port), "--unit", "1",
-               "--clock", clock_env, "--soc", str(soc), "--capacity-wh", str(capacity_wh),
-               "--nominal-hz", str(nominal_hz), "--freq-events", json.dumps(events),
-               "--state-file", str(state_path), "--state-period-s", "0.005"]
-        self.proc = children.spawn(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True, cwd=str(ROOT))
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY port="):
-            self.stop()
-            why = Path(log_path).read_text(errors="replace").strip().splitlines()[-1:] or [line.strip()]
-            raise RuntimeError("inverter simulator: " + why[0])
-        self.port = int(line.split("=")[1])
-
-    def state(self):
-        try:
-            return json.loads(Path(self.state_path).read_text())
-        except (OSError, ValueError):
-            return None
-
-    def stop(self):
-        children.end(self.proc)
-        self.log.close()
-
-
 def run(args):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -254,10 +151,17 @@ def _day(args, out, run_dir):
     lead_real_s = 1.5
     clock = WarpClock(warp, real_epoch=time.time() + lead_real_s, sim_epoch=start_s)
     try:
-        inverter = Inverter(clock.to_env(), args.soc, site["battery"]["capacity_wh"], nominal, events,
-                            run_dir.state, out / "inverter.log", args.inverter_port)
+        inverter = InverterProcess(["--unit", 1, "--clock", clock.to_env(), "--soc", args.soc,
+                                    "--capacity-wh", site["battery"]["capacity_wh"], "--nominal-hz", nominal,
+                                    "--freq-events", json.dumps(events), "--state-period-s", 0.005],
+                                   port=args.inverter_port, state_file=run_dir.state, log=out / "inverter.log")
         broker_port, stop_broker, broker_name = start_broker(out, args.broker, args.broker_port)
-        vehicle = Vehicle(out) if args.vehicle else None
+        # x20: the capture's 28 s plug-in sequence would be 11 simulated
+        # hours at x1440; the CAN timing itself stays real time. The car
+        # holds its steady charging phase; its SoC byte follows the
+        # simulated battery (set_soc below).
+        vehicle = VehicleProcess(["--tcp", 0, "--hold", "--speed", 20], soc_file=out / "vehicle_soc.json",
+                                 record=out / "vehicle_frames.json", log=out / "vehicle.log") if args.vehicle else None
     except (RuntimeError, OSError) as e:
         raise StartError(e) from None
     if vehicle:
@@ -281,7 +185,7 @@ def _day(args, out, run_dir):
           f"{broker_name} on port {broker_port}", flush=True)
     cloud = CloudSide(clock, "127.0.0.1", broker_port, site["device_id"], site["command_key"], start_s,
                       DEFAULT_DISPATCHES if not args.no_dispatch else [])
-    firmware = Firmware(cfg_path, clock.to_env(), out / "firmware.log")
+    firmware = Firmware(cfg_path, {"V2G_CLOCK": clock.to_env()}, log=out / "firmware.log")
     samples = []
     t_wall0 = time.time()
     next_hour = start_s
@@ -296,7 +200,7 @@ def _day(args, out, run_dir):
                 break
             st = inverter.state()
             if st and st.get("sim_s") and now >= start_s and (not samples or st["sim_s"] > samples[-1]["sim_s"]):
-                mode = firmware.last_mode() or {}
+                mode = firmware.last("mode") or {}
                 st["mode"] = mode.get("mode")
                 st["reason"] = mode.get("reason")
                 samples.append(st)
@@ -315,17 +219,19 @@ def _day(args, out, run_dir):
         cloud.stop()
         seen = cloud.summary()
         stop_broker()
-        vehicle_report = vehicle.stop() if vehicle else None
+        if vehicle:
+            vehicle.stop()
+        vehicle_report = vehicle.report() if vehicle else None
     final = inverter.state()
     if final and (not samples or final["sim_s"] > samples[-1]["sim_s"]):
         samples.append(dict(final, mode=None, reason=None))
     wall_s = time.time() - t_wall0
-    rep = reportmod.build(site, samples, firmware.events, grid, start_s, end_s, events,
+    rep = reportmod.build(site, samples, firmware.events(), grid, start_s, end_s, events,
                           warp=warp, wall_s=wall_s, firmware_rc=rc, cloud=seen)
     if vehicle_report is not None:
         rep["vehicle"] = {k: vehicle_report.get(k) for k in ("sent", "received", "counts", "undecodable")
                           if k in vehicle_report}
-        rep["vehicle"]["states"] = sorted({e.get("vehicle") for e in firmware.events if e.get("vehicle")})
+        rep["vehicle"]["states"] = sorted({e.get("vehicle") for e in firmware.events() if e.get("vehicle")})
     (out / "report.json").write_text(json.dumps(rep, indent=2))
     (out / "samples.json").write_text(json.dumps(samples))
     reportmod.plot(site, samples, grid, start_s, out / "day.png", seen["dispatches"])
