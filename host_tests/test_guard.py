@@ -1,71 +1,22 @@
-"""Guard state machine: every transition of the README table, table-driven."""
+"""Guard state machine: every transition of the README table, table-driven.
+The MicroPython half is host_tests/mp/guard_cases.py; its fake car is a
+v2g.vehicle.VehicleSession."""
 import json
 
 import pytest
 
-from conftest import ROOT, run_mpy
+from conftest import ROOT, run_mp
 
 CFG = json.loads((ROOT / "examples" / "site.json").read_text())
 # capacity 60 kWh, soc_min 10, reserve 30, soc_max 90, departure 80, 7 kW both ways
 
-HARNESS = """
-import json, sys
-from v2g import config
-from v2g.guard import Guard, STATE_NAMES
-from v2g.meas import Meas
 
-class FakeClock:
-    def __init__(self): self.ms = 0
-    def ticks_ms(self): return self.ms
-    def ticks_diff(self, a, b): return a - b
-    def time(self): return 1767225600 + self.ms // 1000
-
-class FakeVehicle:
-    # the attributes of a v2g.chademo.ChademoSession the guard reads
-    def __init__(self, d):
-        self.fault = d.get("fault")
-        self.must_stop = d.get("must_stop", False)
-        self.state = d.get("state", "charging")
-        self.charge_limit_w = d.get("charge_limit_w", 100000)
-        self.discharge_limit_w = d.get("discharge_limit_w", 100000)
-
-cfg = config.validate(json.loads(open(sys.argv[1]).read()))
-out = []
-for scenario in json.loads(open(sys.argv[2]).read()):
-    clock = FakeClock()
-    g = Guard(cfg, clock)
-    m = Meas()
-    tick = 0
-    rows = []
-    for st in scenario:
-        tick += 1
-        clock.ms += st.get("dt_ms", 200)
-        for cmd in st.get("cmd", []):
-            if isinstance(cmd, list):
-                getattr(g, cmd[0])(*cmd[1:])
-            else:
-                getattr(g, cmd)()
-        fresh = st.get("fresh", True)
-        for k in ("soc_cpct", "ev_w", "hz_mhz", "inv_fault", "inv_soc_cpct"):
-            if k in st:
-                setattr(m, k, st[k])
-        if fresh:
-            m.soc_tick = m.ev_tick = m.hz_tick = tick
-        v = FakeVehicle(st["vehicle"]) if "vehicle" in st else None
-        g.update(tick, m, st.get("link", True), v)
-        g.limits(st.get("ceiling"), v)
-        rows.append([STATE_NAMES[g.state], g.reason, g.fault, g.lo_w, g.hi_w, g.soc_cpct, g.hz_mhz])
-    out.append(rows)
-print(json.dumps(out))
-"""
-
-
-def run_scenarios(scenarios):
-    cfgp = ROOT / "build" / "guard_cfg.json"
-    scp = ROOT / "build" / "guard_scenarios.json"
+def run_scenarios(scenarios, tmp):
+    cfgp = tmp / "guard_cfg.json"
+    scp = tmp / "guard_scenarios.json"
     cfgp.write_text(json.dumps(CFG))
     scp.write_text(json.dumps(scenarios))
-    return run_mpy(HARNESS, args=[str(cfgp), str(scp)]).json()
+    return run_mp("guard_cases", "scenarios", cfgp, scp).json()
 
 
 OK = {"soc_cpct": 5000, "ev_w": 0, "hz_mhz": 50000, "inv_fault": None}
@@ -144,9 +95,9 @@ TABLE = {
 
 
 @pytest.fixture(scope="module")
-def outcomes():
+def outcomes(tmp_path_factory):
     names = list(TABLE)
-    rows = run_scenarios([TABLE[n][0] for n in names])
+    rows = run_scenarios([TABLE[n][0] for n in names], tmp_path_factory.mktemp("guard"))
     return dict(zip(names, rows))
 
 
@@ -166,29 +117,8 @@ def test_transition(outcomes, name):
         assert last[4] == hi, last
 
 
-def test_fault_log_records_raise_and_clear(mpy):
-    res = mpy("""
-import json
-from v2g import config
-from v2g.guard import Guard
-from v2g.meas import Meas
-class C:
-    ms = 0
-    def ticks_ms(self): return self.ms
-    def ticks_diff(self, a, b): return a - b
-    def time(self): return 1000 + self.ms // 1000
-cfg = config.load('examples/site.json')
-c = C(); g = Guard(cfg, c); m = Meas()
-m.soc_cpct, m.ev_w, m.hz_mhz = 5000, 0, 50000
-for t, link, fault, clear in ((1, True, None, 0), (2, False, None, 0), (3, True, None, 0),
-                              (4, True, 'storage_error', 0), (5, True, None, 1)):
-    c.ms += 1000
-    m.soc_tick = m.ev_tick = m.hz_tick = t
-    m.inv_fault = fault
-    if clear: g.clear_fault()
-    g.update(t, m, link)
-print(json.dumps(g.fault_log))
-""")
+def test_fault_log_records_raise_and_clear():
+    res = run_mp("guard_cases", "fault_log")
     log = res.json()
     assert [(w, c) for _, w, c in log] == [
         ("raised", "link_lost"), ("cleared", "link_lost"),

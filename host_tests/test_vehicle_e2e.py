@@ -34,6 +34,34 @@ def stop_vehicle(p, rec):
     return json.loads(rec.read_text())
 
 
+def check_charger_frames(frames):
+    """Every 0x108/0x109 the firmware sent, decoded and checked: our maximum
+    offered until the session ends, then 0 A; the charging flag never set
+    with stop control at <= 5 A. -> (charging loop seen, its end seen),
+    and the 0x109 status bytes (charging, lock, stop control bits) as they
+    changed."""
+    saw_charging = saw_stop = False
+    avail = 15
+    seq = []
+    for f in frames:
+        m = DB.decode_message(f["id"], bytes.fromhex(f["data"]), decode_choices=False)
+        if f["id"] == 0x108:
+            assert m["AvailableVoltage"] == 500
+            avail = m["AvailableCurrent"]
+        elif f["id"] == 0x109:
+            assert m["ProtocolNumber"] == 2 and not m["StatusMalfunction"]
+            assert 0 <= m["PresentCurrent"] <= 15
+            assert not (m["StatusCharging"] and m["StatusStopControl"] and m["PresentCurrent"] <= 5)
+            saw_charging |= bool(m["StatusCharging"])
+            ending = saw_charging and bool(m["StatusStopControl"])
+            saw_stop |= ending
+            assert avail == (0 if ending else 15)
+            st = m["StatusCharging"] | m["StatusLocked"] << 2 | m["StatusStopControl"] << 5
+            if not seq or seq[-1] != st:
+                seq.append(st)
+    return saw_charging, saw_stop, seq
+
+
 def modes(fw):
     return [(e["mode"], e["reason"], e["setpoint_w"], e.get("vehicle")) for e in fw.events("mode")]
 
@@ -71,16 +99,7 @@ def test_a_whole_session_with_the_car(tmp_path, broker, live_inverter, firmware,
     assert rec["report"]["undecodable"] == 0
     ids = {f["id"] for f in frames}
     assert {0x108, 0x109, 0x208, 0x209} <= ids
-    saw_charging = saw_stop = False
-    for f in frames:
-        m = DB.decode_message(f["id"], bytes.fromhex(f["data"]), decode_choices=False)
-        if f["id"] == 0x108:
-            assert m["AvailableVoltage"] == 500 and m["AvailableCurrent"] == 15
-        elif f["id"] == 0x109:
-            assert m["ProtocolNumber"] == 2 and not m["StatusMalfunction"]
-            assert 0 <= m["PresentCurrent"] <= 15
-            saw_charging |= bool(m["StatusCharging"])
-            saw_stop |= bool(saw_charging and m["StatusStopControl"])
+    saw_charging, saw_stop, _ = check_charger_frames(frames)
     assert saw_charging and saw_stop
     # 100 ms cycle: about ten 0x109 per second of session
     span = frames[-1]["t"] - frames[0]["t"]
@@ -118,3 +137,28 @@ def test_lost_car_stops_power_within_a_period(tmp_path, broker, live_inverter, f
     ev = fw.wait_event("mode", lambda e: fw.events("mode").index(e) >= n_before, timeout=5)
     assert ev and ev["mode"] == "fault" and ev["fault"].startswith("vehicle:"), modes(fw)
     assert fw.wait_event("fault_raised", lambda e: e["fault"].startswith("vehicle:"))
+
+
+def test_shutdown_ends_the_cars_session(tmp_path, broker, live_inverter, firmware):
+    # the firmware stops (SIGINT) mid-charge: the charger ends the session as
+    # CHAdeMO asks (stop("shutdown")), the car ramps down and opens its
+    # contactors before the firmware exits
+    b = broker()
+    inv = live_inverter(sim_epoch=NIGHT, soc_pct=73, ramp_w_per_s=1e6)
+    veh, link, rec_path = start_vehicle(tmp_path, "--speed", "4", "--hold", "--soc", "73", "--replug-after", "30")
+    try:
+        cfg_path, cfg = site_config(tmp_path, inv.port, b.port, vehicle={"driver": "chademo", "link": link})
+        fw = firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()})  # the night, whatever the hour
+        assert fw.wait_event("mode", lambda e: e["mode"] == "charge", timeout=20), modes(fw)
+        time.sleep(1)
+        assert fw.stop() == 0
+        ended = [e for e in fw.events("chademo") if e["transition"].endswith("-> stopping")]
+        assert ended and ended[-1]["why"] == "shutdown", fw.events("chademo")
+        assert fw.events("chademo")[-1]["transition"] == "stopping -> stopped"
+    finally:
+        rec = stop_vehicle(veh, rec_path)
+    assert rec["report"]["charger_stops"] == 1, "the car saw the charger end it"
+    saw_charging, saw_stop, seq = check_charger_frames(rec["frames"])
+    assert saw_charging and saw_stop
+    loop = seq.index(0x05)
+    assert seq[loop:][-1] == 0x20 and 0x24 in seq[loop:], seq

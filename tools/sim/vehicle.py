@@ -4,7 +4,7 @@ vehicle.link "slcan:PATH" or "slcan-tcp:HOST:PORT".
     build/venv/bin/python -m tools.sim.vehicle --pty-link FILE   # prints READY slcan:PATH
     build/venv/bin/python -m tools.sim.vehicle --tcp PORT        # prints READY slcan-tcp:127.0.0.1:PORT
       [--speed X] [--hold] [--stop-after S] [--soc PCT | --soc-file FILE]
-      [--record FILE] [--duration S]
+      [--replug-after S] [--record FILE] [--duration S]
 
 The car replays the vehicle frames (0x100/0x101/0x102/0x110/0x200/0x201) of
 the real Nissan Leaf capture (../shared/reference/chademo, 100 ms cycle) and
@@ -26,9 +26,20 @@ nothing stale piles up in the tty buffers before it opens the link.
 Phases of the capture: start (plug-in to steady charging, < 28.5 s), steady
 (28.5 s to 49.7 s: contactors closed, 14 A asked, 15 A discharge allowed),
 stop (the car ends the session). --hold repeats the steady phase until
---stop-after seconds (or SIGUSR1), then plays the stop; afterwards, or
-without --hold at the end of the capture, the car keeps repeating its last
-cycle (plugged in, stopped) until SIGTERM/SIGINT or --duration.
+--stop-after seconds of the session (or SIGUSR1), then plays the stop;
+afterwards, or without --hold at the end of the capture, the car keeps
+repeating its last cycle (plugged in, stopped) until SIGTERM/SIGINT or
+--duration.
+
+When the charger ends the session (0x109 shows stop control, or its
+"charging" flag cleared, after the charging loop had begun, and before the
+car started its own stop) the car does what CHAdeMO asks of it: it ramps
+its current request to 0, clears "enabled" (102.5.0), waits for the
+charger's "charging" flag to clear (at most 2 s), opens its contactors
+(102.5.3) and goes quiet. Standing in for the car leaving and coming back,
+it stays silent --replug-after wall seconds (default 5; the firmware takes a
+car silent for 3 s as gone) and plugs in again: a new session from the
+capture's start, with its SoC (--soc / --soc-file).
 """
 import argparse
 import csv
@@ -54,6 +65,14 @@ CHARGER_IDS = (0x108, 0x109, 0x118, 0x208, 0x209)
 STEADY_FROM_S = 28.5
 STEADY_TO_S = 49.7
 SOC_VALID_FROM_S = 5.13  # the Leaf's SoC byte is junk (3 %, 1 %) before this
+# 0x109 byte 5 (charger status) and 0x102 byte 5 (car status) bits
+CH_CHARGING = 0x01
+CH_STOP_CONTROL = 0x20
+EV_ENABLED = 0x01
+EV_CONTACTOR_OPEN = 0x08
+REQ_RAMP_A = 4  # the car's request falls by this much per 100 ms cycle when the charger stops
+# what _play() ended with
+DONE, EXIT, CHARGER_STOP = "done", "exit", "charger_stop"
 
 
 def load_capture(path=CAPTURE):
@@ -236,7 +255,7 @@ class VehicleSim:
     capture's vehicle frames and records the firmware's frames."""
 
     def __init__(self, bridge, speed=1.0, hold=False, stop_after_s=None, soc_pct=None,
-                 soc_file=None, frames=None, wait_for_charger=True):
+                 soc_file=None, frames=None, wait_for_charger=True, replug_after_s=5.0):
         import can
 
         self.bridge = bridge
@@ -247,12 +266,20 @@ class VehicleSim:
         self.soc_file = soc_file
         self.frames = frames if frames is not None else vehicle_frames()
         self.wait_for_charger = wait_for_charger
+        self.replug_after_s = replug_after_s
         self.bus = can.interface.Bus(interface="slcan", channel=bridge.car_path, bitrate=500000,
                                      sleep_after_open=0)
         self.received = []  # (t_s since replay start, id, bytes, ext)
         self.sent = 0
         self.started_at = None
         self.phase = "waiting"
+        self.sessions = 0  # plug-ins
+        self.charger_stops = 0  # sessions the charger ended
+        self._charger_stop = threading.Event()
+        self._loop_seen = False  # this session's 0x109 showed the charging loop
+        self._own_stop = False  # the car has begun its own stop sequence
+        self._ch_status = None  # the charger's last 0x109 status byte
+        self._last = {}  # vehicle ID -> the last frame sent
         self._stop_now = threading.Event()
         self._end_steady = threading.Event()
         self._threads = []
@@ -298,15 +325,20 @@ class VehicleSim:
         return self.soc_pct
 
     def _send(self, t_cap, cid, data):
+        """t_cap: the frame's capture time, or None for a frame the car
+        makes up (the SoC override applies)."""
         import can
 
-        if cid == 0x102 and t_cap >= SOC_VALID_FROM_S:
+        if t_cap is not None and t_cap >= STEADY_TO_S:
+            self._own_stop = True
+        if cid == 0x102 and (t_cap is None or t_cap >= SOC_VALID_FROM_S):
             soc = self._soc_override()
             if soc is not None:
                 data = bytearray(data)
                 data[6] = max(0, min(100, int(round(soc))))
                 data = bytes(data)
         self.bus.send(can.Message(arbitration_id=cid, data=data, is_extended_id=False))
+        self._last[cid] = data
         self.sent += 1
 
     def _sleep_until(self, t_wall):
@@ -318,14 +350,17 @@ class VehicleSim:
         return False
 
     def _play(self, frames, t_offset, base):
-        """frames at capture times t; plays frame t at base + (t - t_offset)/speed."""
+        """frames at capture times t; plays frame t at base + (t - t_offset)/speed.
+        -> DONE, EXIT (stop now) or CHARGER_STOP (the charger ended the session)."""
         for t, cid, data in frames:
             if not self._sleep_until(base + (t - t_offset) / self.speed):
-                return False
+                return EXIT
+            if self._charger_stop.is_set():
+                return CHARGER_STOP
             if self.hold and self.phase == "steady" and self._end_steady.is_set():
-                return True
+                return DONE
             self._send(t, cid, data)
-        return True
+        return DONE
 
     def _replay(self):
         if self.wait_for_charger:
@@ -333,44 +368,116 @@ class VehicleSim:
                 if self._stop_now.is_set():
                     return
         self.started_at = time.monotonic()
-        base = self.started_at
+        while True:
+            r = self._session()
+            if r == EXIT:
+                return
+            if r == DONE:
+                break  # the car ended the session itself: it stays plugged in
+            self.charger_stops += 1
+            if not self._end_for_charger():
+                return
+            # the car leaves and comes back: silent, then a new plug-in
+            self.phase = "away"
+            if not self._sleep_until(time.monotonic() + self.replug_after_s):
+                return
+        self._parked()
+
+    def _session(self):
+        """One plug-in: the capture from its start. -> DONE (the car's own
+        stop played), EXIT or CHARGER_STOP."""
+        self.sessions += 1
+        self._loop_seen = False
+        self._own_stop = False
+        self._charger_stop.clear()
         frames = self.frames
         t_first = frames[0][0]
+        base = time.monotonic()
         if not self.hold:
             self.phase = "replay"
-            if not self._play(frames, t_first, base):
-                return
-        else:
-            start = [f for f in frames if f[0] < STEADY_FROM_S]
-            steady = [f for f in frames if STEADY_FROM_S <= f[0] < STEADY_TO_S]
-            stop = [f for f in frames if f[0] >= STEADY_TO_S]
-            self.phase = "start"
-            if not self._play(start, t_first, base):
-                return
-            self.phase = "steady"
-            span = STEADY_TO_S - STEADY_FROM_S
-            t_base = base + (STEADY_FROM_S - t_first) / self.speed
-            while not self._end_steady.is_set():
-                if self.stop_after_s is not None and time.monotonic() - base >= self.stop_after_s:
-                    break
-                if not self._play(steady, STEADY_FROM_S, t_base):
-                    return
-                t_base += span / self.speed
-            self.phase = "stop"
-            if not self._play(stop, STEADY_TO_S, time.monotonic()):
-                return
+            return self._play(frames, t_first, base)
+        start = [f for f in frames if f[0] < STEADY_FROM_S]
+        steady = [f for f in frames if STEADY_FROM_S <= f[0] < STEADY_TO_S]
+        stop = [f for f in frames if f[0] >= STEADY_TO_S]
+        self.phase = "start"
+        r = self._play(start, t_first, base)
+        if r != DONE:
+            return r
+        self.phase = "steady"
+        span = STEADY_TO_S - STEADY_FROM_S
+        t_base = base + (STEADY_FROM_S - t_first) / self.speed
+        while not self._end_steady.is_set():
+            if self.stop_after_s is not None and time.monotonic() - base >= self.stop_after_s:
+                break
+            r = self._play(steady, STEADY_FROM_S, t_base)
+            if r != DONE:
+                return r
+            t_base += span / self.speed
+        self.phase = "stop"
+        return self._play(stop, STEADY_TO_S, time.monotonic())
+
+    def _cycle(self, req_a=None, status_set=0, status_clear=0, discharge_a=None):
+        """One 100 ms cycle of the car's last frames, 0x102 (and 0x200)
+        changed as given."""
+        for cid in VEHICLE_IDS:
+            data = self._last.get(cid)
+            if data is None:
+                continue
+            data = bytearray(data)
+            if cid == 0x102:
+                if req_a is not None:
+                    data[3] = req_a
+                data[5] = (data[5] | status_set) & ~status_clear
+            elif cid == 0x200 and discharge_a is not None:
+                data[0] = 0xFF - discharge_a  # inverted
+            self._send(None, cid, bytes(data))
+        return self._sleep_until(time.monotonic() + 0.1 / self.speed)
+
+    def _end_for_charger(self):
+        """The charger ended the session: request to 0, enabled cleared,
+        contactors open once the charger's current is low; then quiet.
+        -> False when told to stop meanwhile."""
+        self.phase = "ending"
+        last = self._last.get(0x102)
+        req = last[3] if last else 0
+        while req > 0:
+            req = max(0, req - REQ_RAMP_A)
+            if not self._cycle(req_a=req, discharge_a=0):
+                return False
+        give_up = time.monotonic() + 2.0
+        while (self._ch_status is not None and self._ch_status & CH_CHARGING
+               and time.monotonic() < give_up):
+            if not self._cycle(req_a=0, status_clear=EV_ENABLED, discharge_a=0):
+                return False
+        for _ in range(10):  # contactors open: the charger sees it, then the car goes quiet
+            if not self._cycle(req_a=0, status_set=EV_CONTACTOR_OPEN, status_clear=EV_ENABLED, discharge_a=0):
+                return False
+        return True
+
+    def _parked(self):
         # plugged in, stopped: repeat the last cycle of each ID
         self.phase = "parked"
         last = {}
-        for t, cid, data in frames:
+        for t, cid, data in self.frames:
             last[cid] = (t, cid, data)
         cycle = sorted(last.values(), key=lambda f: f[0])
         t0 = cycle[0][0]  # capture times kept: the SoC override still applies
         base = time.monotonic()
         while not self._stop_now.is_set():
-            if not self._play(cycle, t0, base):
+            if self._play(cycle, t0, base) == EXIT:
                 return
             base += 0.1 / self.speed
+
+    def _charger_status(self, status):
+        # 0x109 byte 5: the charging loop (charging flag, stop control
+        # clear), then stop control or the flag cleared = the charger ends it
+        self._ch_status = status
+        if self.phase not in ("start", "steady", "replay") or self._own_stop:
+            return
+        if status & CH_CHARGING and not status & CH_STOP_CONTROL:
+            self._loop_seen = True
+        elif self._loop_seen:
+            self._charger_stop.set()
 
     def _receive(self):
         while not self._stop_now.is_set():
@@ -385,6 +492,8 @@ class VehicleSim:
                 continue
             t = time.monotonic() - (self.started_at or time.monotonic())
             self.received.append((t, msg.arbitration_id, bytes(msg.data), msg.is_extended_id))
+            if msg.arbitration_id == 0x109 and not msg.is_extended_id and len(msg.data) == 8:
+                self._charger_status(msg.data[5])
 
     # -- results
 
@@ -406,7 +515,8 @@ class VehicleSim:
             except (KeyError, ValueError, cantools.database.DecodeError):
                 undecodable += 1
         return {"sent": self.sent, "received": len(self.received), "counts": counts,
-                "undecodable": undecodable, "last": last, "phase": self.phase}
+                "undecodable": undecodable, "last": last, "phase": self.phase, "sessions": self.sessions,
+                "charger_stops": self.charger_stops}
 
 
 # ------------------------------------------------------------------ main
@@ -424,6 +534,8 @@ def parse_args(argv=None):
                    help="with --hold: play the stop sequence after S wall seconds")
     p.add_argument("--soc", type=float, default=None, help="override the car's SoC byte, %%")
     p.add_argument("--soc-file", default=None, help="file holding the SoC %% (number or {\"soc_pct\": x})")
+    p.add_argument("--replug-after", type=float, default=5.0, metavar="S",
+                   help="after a charger-side stop: silent S wall seconds, then plug in again")
     p.add_argument("--record", default=None, metavar="FILE", help="write the firmware's frames as JSON")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="exit after S wall seconds")
     p.add_argument("--no-wait", action="store_true", help="start the replay without waiting for the charger")
@@ -435,7 +547,8 @@ def main(argv=None):
     bridge = PtyBridge() if args.pty_link else TcpBridge(args.tcp)
     bridge.start()
     sim = VehicleSim(bridge, speed=args.speed, hold=args.hold, stop_after_s=args.stop_after,
-                     soc_pct=args.soc, soc_file=args.soc_file, wait_for_charger=not args.no_wait)
+                     soc_pct=args.soc, soc_file=args.soc_file, wait_for_charger=not args.no_wait,
+                     replug_after_s=args.replug_after)
     if args.pty_link:
         tmp = args.pty_link + ".tmp"
         Path(tmp).write_text(bridge.fw_path + "\n")
