@@ -56,3 +56,17 @@ def wifi_up(cfg):
     if not wlan.isconnected():
         wlan.connect(w["ssid"], w["password"] or "")
     return wlan
+
+
+def reset():
+    """A hard reset of the board (tech.restart(), after a clean stop). The
+    unix port's machine module has no reset() (the pty board of make deploy
+    adds one); without it the process exits and its launcher restarts it."""
+    import sys
+
+    import machine
+
+    hard = getattr(machine, "reset", None)
+    if hard is not None:
+        hard()
+    sys.exit(0)
