@@ -16,6 +16,10 @@ same run, written to build/bench/results.json (one flat object of numbers).
     code_ram_kb_32bit / _64bit         the loaded modules on a 32-bit (wasm) and this port
     soak_failed_checks, soak_worst_refresh_gap_{s,vs_revert,real_ms}   shortened
                                        days back to back beside CPU hogs (tools/bench_soak.py)
+    threads_violations, threads_snapshots_per_tick, threads_actions_unapplied, ...
+                                       2 min of the control thread beside a cloud-like and two
+                                       REPL-helper threads on its status record and inbox
+                                       (tools/bench_threads.py)
 
     make bench               all of them (several minutes: the heap search runs
                              a simulated day per probe)
@@ -95,8 +99,14 @@ def bench_soak(results):
     bench_soak.run(results)
 
 
+def bench_threads(results):
+    from tools import bench_threads
+
+    bench_threads.run(results)
+
+
 BENCHES = [bench_kernel, bench_refresh, bench_modbus, bench_can, bench_jitter, bench_drain, bench_heap, bench_heap32,
-           bench_soak]
+           bench_soak, bench_threads]
 
 
 def main():
