@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, site_config
+from conftest import MP, ROOT, site_config
 from tools.build_mpy import build
 from tools.cloud_client import Cloud, command
 
@@ -36,7 +36,14 @@ class Board:
         self.outputs = []
 
     def exec(self, code, timeout=30):
-        r = subprocess.run([MPREMOTE, "connect", self.port, "resume", "exec", code],
+        return self._mpremote("exec", code, timeout=timeout)
+
+    def run(self, name, timeout=30):
+        """The program host_tests/mp/<name>.py, run on the board."""
+        return self._mpremote("run", str(MP / f"{name}.py"), timeout=timeout)
+
+    def _mpremote(self, *args, timeout):
+        r = subprocess.run([MPREMOTE, "connect", self.port, "resume", *args],
                            capture_output=True, text=True, timeout=timeout)
         self.outputs.append(r.stdout + r.stderr)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -77,7 +84,7 @@ def test_read_points_by_name_with_units(board):
     assert "713.SoC = 50.0 %" in out
     assert "701.Hz = 49.9" in out or "701.Hz = 50.0" in out
     assert "704.WSetRvrtTms = 10 s" in out
-    out = board.exec("import tech\ntry:\n tech.read('999.X')\nexcept ValueError as e:\n print('refused', e)")
+    out = board.run("tech_read_unknown")
     assert "refused unknown point 999.X" in out
 
 
