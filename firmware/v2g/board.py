@@ -1,21 +1,29 @@
 # Builds the hardware the config asks for, from the board's pin map.
 # The only place (with hal/) that imports `machine`; everything else gets
 # streams and buses passed in, so the unix port runs the very same drivers.
+#
+# Layering, top to bottom: config (parses the links, once) -> board -> hal/ ->
+# drivers (can/, modbus, sunspec). Each imports only from below it; here and
+# in hal/ the links are the parsed values config.validate() stores next to
+# the strings (cfg[...]["link_parsed"], see config.py), never the strings.
 
 
 def host_port(text):
+    """ "HOST:PORT" -> (HOST, PORT), already checked by config: for
+    ntp.server (v2g.timesync); the links come parsed."""
     i = text.rfind(":")
     return text[:i], int(text[i + 1:])
 
 
 def inverter_stream(cfg, board):
     """-> (stream, baud or None). baud None means no serial timing (TCP)."""
-    link = cfg["inverter"]["link"]
-    if link.startswith("tcp:"):
+    link = cfg["inverter"]["link_parsed"]
+    if link[0] == "tcp":
         from v2g.hal.tcpstream import TcpStream
 
-        host, port = host_port(link[4:])
-        return TcpStream(host, port), None
+        return TcpStream(link[1], link[2]), None
+    if link[0] != "uart":
+        raise ValueError("inverter.link_parsed: " + str(link[0]))
     import machine
 
     from v2g.hal.uart485 import Rs485

@@ -4,6 +4,16 @@
 # ConfigError naming the key path and the rule broken. Unknown keys are errors:
 # a typo must not silently drop a limit. The rules are CONTRACT.md section 2;
 # optional keys and their defaults are listed in README.md.
+#
+# Links are parsed here, once. Next to each link string (kept as written: its
+# CONTRACT meaning does not change) the validated config holds the parsed
+# value that board.py and hal/ switch on; nothing below this module parses a
+# link string again:
+#   inverter.link_parsed  ("uart",) | ("tcp", HOST, PORT)
+#   vehicle.link_parsed   None (no vehicle.link) | ("can",) |
+#                         ("slcan_pty", PATH) | ("slcan_tcp", HOST, PORT)
+# HOST is a str, PORT an int in 1..65535. A raw config that has a
+# "link_parsed" key is refused like any unknown key.
 
 from v2g.clock import hhmm_to_min as _hhmm
 from v2g.clock import min_to_hhmm
@@ -119,23 +129,36 @@ def _host_port(path, text):
 
 
 def _inverter_link(path, v):
+    """-> the parsed link (see the header)."""
     if v == "uart":
-        return v
+        return ("uart",)
     if isinstance(v, str) and v.startswith("tcp:"):
-        _host_port(path, v[4:])
-        return v
+        host, port = _host_port(path, v[4:])
+        return ("tcp", host, port)
     raise ConfigError(path, 'must be "uart" or "tcp:HOST:PORT"')
 
 
 def _vehicle_link(path, v):
+    """-> the parsed link (see the header)."""
     if v == "can":
-        return v
+        return ("can",)
     if isinstance(v, str) and v.startswith("slcan:") and len(v) > 6:
-        return v
+        return ("slcan_pty", v[6:])
     if isinstance(v, str) and v.startswith("slcan-tcp:"):
-        _host_port(path, v[10:])
-        return v
+        host, port = _host_port(path, v[10:])
+        return ("slcan_tcp", host, port)
     raise ConfigError(path, 'must be "can", "slcan:PATH" or "slcan-tcp:HOST:PORT"')
+
+
+def parse_link(key, text):
+    """ "inverter.link" or "vehicle.link" and its string -> the parsed value
+    validate() stores next to it; raises ConfigError naming the key. For
+    tools and tests that build a link without a whole config."""
+    if key == "inverter.link":
+        return _inverter_link(key, text)
+    if key == "vehicle.link":
+        return _vehicle_link(key, text)
+    raise ValueError(key)
 
 
 def _ntp_server(path, v):
@@ -181,7 +204,9 @@ def _rng(fn, lo=None, hi=None):
     return lambda path, v: fn(path, v, lo, hi)
 
 
-# --- schema: key -> (checker, default); REQUIRED marks the contract's keys
+# --- schema: key -> (checker, default); REQUIRED marks the contract's keys.
+# (checker, default, parsed_key): the value is kept as given and what the
+# checker returns goes under parsed_key (None when the key is left out).
 
 REQUIRED = object()
 
@@ -259,7 +284,7 @@ SCHEMA = {
     "utc_offset_min": (_rng(_int, -720, 840), 0),
     "inverter": {
         "driver": (_choice("sunspec"), REQUIRED),
-        "link": (_inverter_link, REQUIRED),
+        "link": (_inverter_link, REQUIRED, "link_parsed"),
         "unit": (_rng(_int, 1, 247), REQUIRED),
         "baud": (_rng(_int, 1200, 1000000), None),  # None: the board config's
         "base_addr": (_rng(_int, 0, 65535), None),  # None: scan 40000, 0, 50000
@@ -317,7 +342,7 @@ SCHEMA = {
     },
     "vehicle": {
         "driver": (_choice("none", "chademo"), "none"),
-        "link": (_vehicle_link, None),
+        "link": (_vehicle_link, None, "link_parsed"),
         "soc_mismatch_pct": (_rng(_num, 1, 50), 10),
         # the DC power stage, as announced to the car (0x108/0x208)
         "dc_max_voltage_v": (_rng(_int, 50, 1000), 500),
@@ -361,6 +386,13 @@ def _section(path, value, schema):
         kpath = _join(path, k)
         if isinstance(spec, dict):
             out[k] = _section(kpath, value.get(k, {}), spec)
+        elif len(spec) == 3:
+            if k in value:
+                out[spec[2]] = spec[0](kpath, value[k])
+                out[k] = value[k]
+            else:
+                out[spec[2]] = None
+                out[k] = spec[1]
         elif k in value:
             out[k] = spec[0](kpath, value[k])
         else:
@@ -410,9 +442,10 @@ def _check_order(cfg):
 
 def check_board(cfg, board):
     """The config's links must exist on the chosen board."""
-    if cfg["inverter"]["link"] == "uart" and not board.get("rs485"):
+    if cfg["inverter"]["link_parsed"][0] == "uart" and not board.get("rs485"):
         raise ConfigError("inverter.link", 'board "' + cfg["board"] + '" has no RS-485 UART')
-    if cfg["vehicle"]["link"] == "can" and not board.get("can"):
+    vlink = cfg["vehicle"]["link_parsed"]
+    if vlink is not None and vlink[0] == "can" and not board.get("can"):
         raise ConfigError("vehicle.link", 'board "' + cfg["board"] + '" has no CAN controller')
 
 
@@ -437,6 +470,9 @@ def validate(raw):
     return cfg
 
 
+_READ_CHUNK = const(1024)
+
+
 def load(path):
     """Read and validate a config file. Raises ConfigError (path 'config' for
     an unreadable, oversized, non-UTF-8, too deeply nested or non-JSON file)."""
@@ -447,9 +483,20 @@ def load(path):
 
     try:
         with open(path, "rb") as f:
-            # one byte more than allowed tells "too large" without reading
-            # (or stat-ing: a pipe has no size) the rest
-            data = f.read(MAX_BYTES + 1)
+            # in small pieces, stopping once past the limit: "too large" is
+            # told without reading (or stat-ing: a pipe has no size) the
+            # rest, and a 1 KB config costs 1 KB, not a 16 KB buffer at the
+            # moment the boot heap is tightest
+            parts = []
+            n = 0
+            while n <= MAX_BYTES:
+                b = f.read(_READ_CHUNK)
+                if not b:
+                    break
+                parts.append(b)
+                n += len(b)
+            data = b"".join(parts)
+            del parts
     except OSError:
         raise ConfigError("config", "cannot read " + path)
     if len(data) > MAX_BYTES:

@@ -16,7 +16,13 @@ import array
 import micropython
 from micropython import const
 
-# State array slots. Inputs are written by the app before each tick.
+# State array slots. The constants (RAMP_W, NOM_MHZ, DB_MHZ, K_W_PER_HZ) are
+# set once from the config when the controller is built; every tick the
+# control loop (control.Controller.tick) writes REQ_W from the plan or
+# dispatch request, LO_W/HI_W and HZ_MHZ from the guard, FREQ_EN (frequency
+# response on, unless the inverter droops by itself: 711) and STOP (guard in
+# fault), then calls tick(). Shutdown and internal errors set STOP and tick
+# once more, so the published setpoint is 0.
 REQ_W = const(0)  # plan/dispatch request, ev_w (+ charge, - discharge)
 LO_W = const(1)  # guard: lowest allowed ev_w (<= 0)
 HI_W = const(2)  # guard: highest allowed ev_w (>= 0)

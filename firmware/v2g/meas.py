@@ -37,3 +37,8 @@ class Meas:
         # storage (713)
         self.wh_avail = None
         self.soh_cpct = None  # state of health, 0.01 %
+        # DC side (714, when the inverter has it: the car's DC port), for the
+        # vehicle session's present output (CHAdeMO 0x109) and the technician
+        self.dc_v = None  # V, the port's DCV (None when the model lists no ports)
+        self.dc_a = None  # A, + into the car (714 DCA is + toward the grid)
+        self.dc_w = None  # W, + into the car (714 DCW)

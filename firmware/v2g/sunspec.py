@@ -2,18 +2,27 @@
 #
 # Discovery scans 40000, 0 and 50000 for "SunS", then walks the model chain
 # (ID, L) to the 0xFFFF end marker. Offsets below are the published layouts
-# of models 1, 701, 702, 704, 711, 713, 715 (sunspec/models, as shipped in
-# pysunspec2); the tests check them against a server generated from
+# of models 1, 701, 702, 704, 711, 713, 714, 715 (sunspec/models, as shipped
+# in pysunspec2); the tests check them against a server generated from
 # pysunspec2's JSON, not against these tables.
 #
 # A refresh reads, per needed model, one contiguous span holding exactly the
-# points the controller uses (one transaction each): 701 [3..26] and 713
-# [3..6]. Scale factors are read at discovery (they are constants on every
-# device we know) and re-read after any reconnect.
+# points the controller uses (one transaction each): 701 [3..26], 713 [3..6]
+# and, when the inverter has it, 714: the car's DC port's DCA, DCV, DCW
+# [20 + 25k + 10..12] (or the model's total DCA, DCW [5..6] when it lists no
+# ports). 714's points are never contiguous with 713's span (713's scale
+# factors and 714's header and port description lie between), so 714 costs
+# one more read per tick (3 registers), none without 714, and one at
+# discovery (its scale factors and port types together). Scale factors are read
+# at discovery (they are constants on every device we know) and re-read
+# after any reconnect; so is the choice of 714 port.
 #
 # Sign: SunSpec W/WSet are positive for injection into the grid; the
-# controller's ev_w is positive into the EV. _SIGN is the only place where
-# the two meet.
+# controller's ev_w is positive into the EV. 714's DCA and DCW follow the
+# same DER convention (positive = power flowing out of the DC port into the
+# DER and on to the grid: the car discharging), so they are converted the
+# same way: dc_a, dc_w are + into the car. _SIGN is the only place where the
+# two meet.
 from micropython import const
 
 from v2g.modbus import ModbusError, ModbusExceptionResponse
@@ -49,6 +58,23 @@ _M704_CTL_N = const(11)  # 22..32
 _M704_WSET = const(24)
 _M704_WSET_SF = const(55)
 _WSETMOD_WATTS = const(1)
+# model 714 (DERMeasureDC): NPrt@4, DCA@5, DCW@6, DCA_SF@15, DCV_SF@16,
+# DCW_SF@17; then NPrt ports Prt[k] of 25 registers from 20: PrtTyp@+0,
+# DCA@+10, DCV@+11, DCW@+12. Discovery reads [4 .. PrtTyp of the last port
+# that fits in L, at most 5] in one transaction.
+_M714_HEAD0 = const(4)
+_M714_NPRT = const(4)
+_M714_DCA = const(5)  # DCA, DCW: the totals
+_M714_DCA_SF = const(15)
+_M714_DCV_SF = const(16)
+_M714_DCW_SF = const(17)
+_M714_FIXED_L = const(18)  # L without ports
+_M714_PRT0 = const(20)
+_M714_PRT_LEN = const(25)
+_M714_PRT_DCA = const(10)  # DCA, DCV, DCW
+_M714_MAX_PRT = const(5)  # 4..120: 117 registers, under Modbus's 125
+# port types for the car's side, best first: EV, ESS, BIDIR
+_PRT_FOR_CAR = (2, 1, 5)
 # model 702 (DERCapacity): WMaxRtg@2, WChaRteMaxRtg@10, WDisChaRteMaxRtg@11, W_SF@45
 # model 715 (DERCtl): LocRemCtl@2 DERHb@3 ControllerHb@5
 # model 711 (DERFreqDroop): Ena@2
@@ -115,6 +141,7 @@ def scaled(raw, sf, exp10=0):
 
 
 def ev_w_from_sunspec(w):
+    """A SunSpec DER power or current (+ toward the grid) -> + into the EV."""
     return None if w is None else _SIGN * w
 
 
@@ -135,6 +162,10 @@ class SunSpecInverter:
         self.ready = False
         self.last_wset = None
         self.local_control = False
+        # 714: (offset of the span refresh reads, True = a port's DCA, DCV,
+        # DCW; False = the totals DCA, DCW), or None: nothing to read
+        self.dc_span = None
+        self.dc_port = None  # index of that port, or None
 
     # --- discovery
 
@@ -172,6 +203,7 @@ class SunSpecInverter:
         self._read_common()
         self._read_scale_factors()
         self._read_ratings()
+        self._read_714()
         if 711 in models:
             r = self._read(711, 2, 1)
             self.inverter_droop = _decode(r, 0, "enum16") == 1
@@ -221,6 +253,42 @@ class SunSpecInverter:
             "discharge_w_max": scaled(_decode(r, 18, "uint16"), s),
         }
 
+    def _read_714(self):
+        """714's scale factors and the span refresh reads: the car's port
+        (the first EV port, else ESS, else BIDIR; a lone port of unknown
+        type counts), else, with no ports listed, the model's totals; with
+        ports that are none of these (PV only), nothing."""
+        self.dc_span = None
+        self.dc_port = None
+        if 714 not in self.models:
+            return
+        fit = min(_M714_MAX_PRT, max(0, (self.models[714][1] - _M714_FIXED_L) // _M714_PRT_LEN))
+        end = _M714_PRT0 + _M714_PRT_LEN * (fit - 1) if fit else _M714_DCW_SF
+        r = self._read(714, _M714_HEAD0, end - _M714_HEAD0 + 1)
+
+        def at(off, typ):
+            return _decode(r, 2 * (off - _M714_HEAD0), typ)
+
+        sf = self.sf
+        sf[(714, "DCA_SF")] = at(_M714_DCA_SF, "sunssf")
+        sf[(714, "DCV_SF")] = at(_M714_DCV_SF, "sunssf")
+        sf[(714, "DCW_SF")] = at(_M714_DCW_SF, "sunssf")
+        n = min(fit, at(_M714_NPRT, "uint16") or 0)
+        if not n:
+            self.dc_span = (_M714_DCA, False)
+            return
+        types = [at(_M714_PRT0 + _M714_PRT_LEN * k, "enum16") for k in range(n)]
+        port = None
+        for want in _PRT_FOR_CAR:
+            if want in types:
+                port = types.index(want)
+                break
+        if port is None and n == 1 and types[0] is None:
+            port = 0
+        if port is not None:
+            self.dc_port = port
+            self.dc_span = (_M714_PRT0 + _M714_PRT_LEN * port + _M714_PRT_DCA, True)
+
     def soc_resolution_cpct(self):
         s = self.sf.get((713, "Pct_SF"))
         return 1 if s is None else max(1, 10 ** (s + 2) if s + 2 >= 0 else 1)
@@ -228,8 +296,9 @@ class SunSpecInverter:
     # --- every tick
 
     def refresh(self, meas, tick):
-        """Read the needed 701 and 713 points into meas (guard.Meas).
-        Raises ModbusError (LinkLost after bounded retries)."""
+        """Read the needed 701, 713 and 714 points into meas (v2g.meas.Meas);
+        what the device lacks is left None. Raises ModbusError (LinkLost
+        after bounded retries)."""
         r = self._read(701, _M701_SPAN0, _M701_SPAN_N)
         sf = self.sf
         base = _M701_SPAN0
@@ -267,8 +336,26 @@ class SunSpecInverter:
             meas.soh_cpct = scaled(_decode(r, 4, "uint16"), sf.get((713, "Pct_SF")), 2)
             if _decode(r, 6, "enum16") == _STA_ERROR and fault is None:
                 fault = "storage_error"
+        self._refresh_714(meas)
         meas.inv_fault = fault
         return True
+
+    def _refresh_714(self, meas):
+        span = self.dc_span
+        if span is None:
+            meas.dc_v = meas.dc_a = meas.dc_w = None
+            return
+        off, port = span
+        sf = self.sf
+        r = self._read(714, off, 3 if port else 2)
+        meas.dc_a = ev_w_from_sunspec(scaled(_decode(r, 0, "int16"), sf[(714, "DCA_SF")]))
+        if port:
+            meas.dc_v = scaled(_decode(r, 2, "uint16"), sf[(714, "DCV_SF")])
+            w = _decode(r, 4, "int16")
+        else:
+            meas.dc_v = None
+            w = _decode(r, 2, "int16")
+        meas.dc_w = ev_w_from_sunspec(scaled(w, sf[(714, "DCW_SF")]))
 
     def needed_registers(self):
         """(span registers read, registers actually used) per refresh, for
@@ -276,6 +363,9 @@ class SunSpecInverter:
         spans = [(_M701_SPAN_N, _M701_SPAN_N - _M701_UNUSED)]
         if 713 in self.models:
             spans.append((_M713_SPAN_N, _M713_SPAN_N))
+        if self.dc_span is not None:
+            n = 3 if self.dc_span[1] else 2
+            spans.append((n, n))
         return spans
 
     # --- setpoint

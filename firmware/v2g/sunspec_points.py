@@ -20,6 +20,10 @@ POINTS = {
     713: {"WHRtg": (2, "uint16", "WH_SF", "Wh"), "WHAvail": (3, "uint16", "WH_SF", "Wh"),
           "SoC": (4, "uint16", "Pct_SF", "%"), "SoH": (5, "uint16", "Pct_SF", "%"),
           "Sta": (6, "enum16", None, "")},
+    # 714's totals; the car's port is what refresh reads (SunSpecInverter.dc_port)
+    714: {"PrtAlrms": (2, "bitfield32", None, ""), "NPrt": (4, "uint16", None, ""),
+          "DCA": (5, "int16", "DCA_SF", "A"), "DCW": (6, "int16", "DCW_SF", "W"),
+          "DCWhInj": (7, "uint64", "DCWH_SF", "Wh"), "DCWhAbs": (11, "uint64", "DCWH_SF", "Wh")},
     715: {"LocRemCtl": (2, "enum16", None, ""), "DERHb": (3, "uint32", None, ""),
           "ControllerHb": (5, "uint32", None, "")},
 }
@@ -28,6 +32,7 @@ SF_POINTS = {
     702: {"W_SF": 45},
     704: {"WSet_SF": 55},
     713: {"WH_SF": 7, "Pct_SF": 8},
+    714: {"DCA_SF": 15, "DCV_SF": 16, "DCW_SF": 17, "DCWH_SF": 18},
 }
 
 

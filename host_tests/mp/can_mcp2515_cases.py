@@ -338,7 +338,7 @@ def vehicle_bus_builds_the_mcp2515_from_the_board_config():
     FakeMachine.board = board["can"]
     m = Model()
     FakeMachine.model = m
-    bus = vehicle_bus({"vehicle": {"link": "can"}}, board)
+    bus = vehicle_bus({"vehicle": {"link_parsed": ("can",)}}, board)
     m.inject(0x102, b"\x01")
     f = Frame()
     ok = bus.recv_into(f)
@@ -351,7 +351,7 @@ def vehicle_bus_refuses_a_board_without_can():
     from v2g.hal.can_build import vehicle_bus
 
     try:
-        vehicle_bus({"vehicle": {"link": "can"}}, {"can": None})
+        vehicle_bus({"vehicle": {"link_parsed": ("can",)}}, {"can": None})
         r = "built"
     except ValueError:
         r = "ValueError"

@@ -117,9 +117,9 @@ def flood(path, want):
 
 
 def tcp_loss_and_recover(port):
-    from v2g.can.slcan import open_tcp
+    from v2g.hal.can_build import open_slcan_tcp
 
-    bus = SlcanBus(open_tcp("127.0.0.1", int(port)))
+    bus = SlcanBus(open_slcan_tcp("127.0.0.1", int(port)))
     out = []
     for _ in range(2):
         got = frames_until(bus, 1, 5000)
@@ -130,11 +130,13 @@ def tcp_loss_and_recover(port):
 
 
 def vehicle_bus_links(path, port):
+    from v2g.config import parse_link
     from v2g.hal.can_build import vehicle_bus
 
     board = {"can": None}
-    pty = vehicle_bus({"vehicle": {"link": "slcan:" + path}}, board)
-    tcp = vehicle_bus({"vehicle": {"link": "slcan-tcp:127.0.0.1:" + port}}, board)
+    pty = vehicle_bus({"vehicle": {"link_parsed": parse_link("vehicle.link", "slcan:" + path)}}, board)
+    tcp = vehicle_bus({"vehicle": {"link_parsed": parse_link("vehicle.link", "slcan-tcp:127.0.0.1:" + port)}},
+                      board)
     return [type(pty).__name__, pty.state(), type(tcp).__name__, tcp.state()]
 
 

@@ -14,6 +14,7 @@ import time
 from v2g import log
 from v2g.chademo import ChademoSession
 from v2g.clock import Clock
+from v2g.config import parse_link
 from v2g.hal.can_build import vehicle_bus
 
 log.quiet = True
@@ -22,12 +23,7 @@ run_ms = int(sys.argv[2])
 req_w = int(sys.argv[3])
 stop_after_ms = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 start_after_ms = int(sys.argv[5]) if len(sys.argv) > 5 else 0
-if link.startswith("slcan-tcp:"):
-    host, port = link[10:].rsplit(":", 1)
-    parsed = ("slcan_tcp", host, int(port))
-else:
-    parsed = ("slcan_pty", link[6:])
-bus = vehicle_bus({"vehicle": {"link_parsed": parsed}}, {})  # as app.build makes it
+bus = vehicle_bus({"vehicle": {"link_parsed": parse_link("vehicle.link", link)}}, {})  # as app.build makes it
 s = ChademoSession(bus, Clock(), 500, 15)
 t0 = time.ticks_ms()
 states = []

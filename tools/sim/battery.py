@@ -5,16 +5,23 @@
 charging stores ev_w * charge_eff, discharging drains |ev_w| / discharge_eff.
 Acceptance tapers near full and near empty as a car's BMS would, so a
 controller sees real power fall short of its setpoint at the ends of the range.
+The pack's voltage is its open-circuit voltage at the present SoC (ocv_v():
+no internal resistance), enough for the inverter's DC measurements (714).
 """
 
 _TAPER_HIGH_PCT = 90.0  # above this, charge acceptance falls linearly ...
 _TAPER_LOW_PCT = 10.0  # ... below this, discharge does
 _TAPER_FLOOR = 0.1  # ... to this share of the maximum at 100 % / 0 %
+# Open-circuit voltage of one NMC cell against SoC (the usual shape: steep at
+# both ends, flat in the middle), interpolated linearly between the points.
+_CELL_OCV = ((0.0, 3.00), (5.0, 3.45), (10.0, 3.55), (20.0, 3.63), (40.0, 3.72),
+             (60.0, 3.85), (80.0, 4.00), (95.0, 4.12), (100.0, 4.18))
+_CELLS_SERIES = 96  # a 400 V class car: 288..401 V
 
 
 class EvBattery:
     def __init__(self, capacity_wh, soc_pct, *, charge_eff=0.95, discharge_eff=0.95,
-                 max_charge_w=11000.0, max_discharge_w=11000.0):
+                 max_charge_w=11000.0, max_discharge_w=11000.0, cells_series=_CELLS_SERIES):
         if capacity_wh <= 0:
             raise ValueError("capacity_wh must be > 0")
         if not 0.0 <= soc_pct <= 100.0:
@@ -27,6 +34,7 @@ class EvBattery:
         self.discharge_eff = discharge_eff
         self.max_charge_w = float(max_charge_w)
         self.max_discharge_w = float(max_discharge_w)
+        self.cells_series = int(cells_series)
         # Terminal-side energy through this battery since it was made, Wh.
         self.charged_wh = 0.0
         self.discharged_wh = 0.0
@@ -34,6 +42,14 @@ class EvBattery:
     @property
     def soc_pct(self):
         return 100.0 * self.stored_wh / self.capacity_wh
+
+    def ocv_v(self):
+        """The pack's open-circuit voltage at the present SoC, V."""
+        soc = min(100.0, max(0.0, self.soc_pct))
+        for (s0, v0), (s1, v1) in zip(_CELL_OCV, _CELL_OCV[1:]):
+            if soc <= s1:
+                return self.cells_series * (v0 + (v1 - v0) * (soc - s0) / (s1 - s0))
+        return self.cells_series * _CELL_OCV[-1][1]
 
     @property
     def loss_wh(self):

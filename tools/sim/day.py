@@ -23,6 +23,7 @@ from tools.harness import Firmware, InverterProcess, VehicleProcess, start_broke
 from .clock import WarpClock
 from .cloud_side import DEFAULT_DISPATCHES, CloudSide
 from .grid import Grid
+from .inverter import DC_MODELS
 from . import report as reportmod
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,7 +154,9 @@ def _day(args, out, run_dir):
     try:
         inverter = InverterProcess(["--unit", 1, "--clock", clock.to_env(), "--soc", args.soc,
                                     "--capacity-wh", site["battery"]["capacity_wh"], "--nominal-hz", nominal,
-                                    "--freq-events", json.dumps(events), "--state-period-s", 0.005],
+                                    "--freq-events", json.dumps(events), "--state-period-s", 0.005,
+                                    # with a car: the DC stage's 714 measurements for its 0x109
+                                    *(["--models", ",".join(map(str, DC_MODELS))] if args.vehicle else [])],
                                    port=args.inverter_port, state_file=run_dir.state, log=out / "inverter.log")
         broker_port, stop_broker, broker_name = start_broker(out, args.broker, args.broker_port)
         # x20: the capture's 28 s plug-in sequence would be 11 simulated

@@ -8,7 +8,13 @@ their behaviour.
 Signs: SunSpec 701 W and 704 WSet are positive for power INJECTED into the
 grid. Inside the simulator everything is `ev_w`, power into the EV battery,
 positive when charging, so ev_w = -W. The conversion happens only where a
-register is read or written.
+register is read or written. 714 (DC measurement, when the model list has it)
+follows the same DER convention: DCW and DCA are positive when the DC port
+delivers power toward the grid (the car discharging). Its one port (more with
+group_counts={714: {"Prt": n}}, typed by dc_port_types) is the car's battery
+(the EV port, else ESS, else BIDIR): DCV its open-circuit voltage at the
+present SoC, DCW the power at its terminals, DCA = DCW / DCV; other ports
+read 0 V, 0 A and 0 W. The totals are the car port's.
 
 Time is simulated time from an injected clock (`now()` in unix seconds, see
 clock.py), so a warped day runs with the same timers the firmware sees.
@@ -22,9 +28,12 @@ from collections import deque
 
 from .battery import EvBattery
 from .grid import Grid
-from .sunspec_map import SunSpecMap
+from .sunspec_map import SunSpecMap, load_model_def
 
 DEFAULT_MODELS = (1, 701, 702, 704, 713, 715, 711)
+# with the DC measurement (714) after 713: opt-in, since the default list is
+# what the tests and benchmarks pin (refresh transactions, models found)
+DC_MODELS = (1, 701, 702, 704, 713, 714, 715, 711)
 _REQUIRED_MODELS = {1, 701, 704}
 _LL_V = 400.0  # three-phase line-to-line voltage of the simulated site
 _LN_V = 230.0
@@ -36,7 +45,7 @@ class SimInverter:
                  max_charge_w=11000.0, max_discharge_w=11000.0, ramp_w_per_s=20000.0, grid=None,
                  w_sf=0, hz_sf=-3, totwh_sf=0, wset_sf=0, pct_sf=-1, wh_sf=None,
                  wh_abs=0.0, wh_inj=0.0, mn="V2G-Sim", md="BiDi-11k", sn="SIM-0001",
-                 version="1.0.0", step_s=0.002):
+                 version="1.0.0", step_s=0.002, dca_sf=-2, dcv_sf=-1, dc_port_types=("EV",)):
         missing = _REQUIRED_MODELS - set(models)
         if missing:
             raise ValueError("an inverter needs models %s" % sorted(missing))
@@ -86,6 +95,9 @@ class SimInverter:
         self.map = SunSpecMap(base_addr, list(models), omit_points, group_counts)
         self.map.on_write = self._on_write
         self._init_points(mn, md, sn, version, w_sf, hz_sf, totwh_sf, wset_sf, pct_sf, wh_sf)
+        self._car_port = None  # 714: index of the port the battery sits on
+        if self.map.has_model(714):
+            self._init_714(w_sf, totwh_sf, dca_sf, dcv_sf, dc_port_types)
         self._publish(self._target_grid_w())
 
     # ---- register set-up ------------------------------------------------------
@@ -162,6 +174,58 @@ class SimInverter:
                     m.set_scaled(711, "Ctl.%s" % name, value, index=i)
                 m.set(711, "Ctl.PMin", -100, index=i)
                 m.set(711, "Ctl.ReadOnly", 0, index=i)
+
+    def _init_714(self, w_sf, totwh_sf, dca_sf, dcv_sf, port_types):
+        m = self.map
+        for name, sf in (("DCA_SF", dca_sf), ("DCV_SF", dcv_sf), ("DCW_SF", w_sf),
+                         ("DCWH_SF", totwh_sf), ("Tmp_SF", 0)):
+            m.set(714, name, sf)
+        m.set(714, "PrtAlrms", 0)
+        types = [port_types[i % len(port_types)] for i in range(m.get(714, "NPrt"))]
+        for i, name in enumerate(types):
+            m.set(714, "Prt.PrtTyp", self._port_sym("PrtTyp", name), index=i)
+            m.set(714, "Prt.ID", i + 1, index=i)
+            m.set(714, "Prt.IDStr", "DC%d" % (i + 1), index=i)
+            m.set(714, "Prt.Tmp", 25, index=i)
+            m.set(714, "Prt.DCAlrm", 0, index=i)
+        # the car is on the EV port, else the storage one, else a bidirectional one
+        for name in ("EV", "ESS", "BIDIR"):
+            if name in types:
+                self._car_port = types.index(name)
+                break
+
+    def _port_sym(self, point, symbol):
+        """An enum symbol of a 714 port point, from the model definition (the
+        map may hold no port instance to ask)."""
+        for group in load_model_def(714)["group"].get("groups", ()):
+            for pdef in group.get("points", ()) if group["name"] == "Prt" else ():
+                if pdef["name"] == point:
+                    for sym in pdef.get("symbols", ()):
+                        if sym["name"] == symbol:
+                            return sym["value"]
+        raise KeyError("714 Prt.%s has no symbol %s" % (point, symbol))
+
+    def _publish_714(self):
+        """The DC side: the battery on its port, 0 on the others (DER sign)."""
+        m = self.map
+        dc_w = -self.ev_w  # + toward the grid
+        dc_v = self.battery.ocv_v()
+        dc_a = dc_w / dc_v
+        m.set_scaled(714, "DCW", dc_w)
+        m.set_scaled(714, "DCA", dc_a)
+        sf = m.scale_factor(714, "DCWhInj")
+        m.set(714, "DCWhInj", int(self.wh_inj // 10 ** sf))
+        m.set(714, "DCWhAbs", int(self.wh_abs // 10 ** sf))
+        nprt = m.get(714, "NPrt")
+        on = self._port_sym("DCSta", "ERROR" if self.alarm else "ON") if nprt else None
+        for i in range(nprt):
+            car = i == self._car_port
+            m.set_scaled(714, "Prt.DCW", dc_w if car else 0, index=i)
+            m.set_scaled(714, "Prt.DCA", dc_a if car else 0, index=i)
+            m.set_scaled(714, "Prt.DCV", dc_v if car else 0, index=i)
+            m.set(714, "Prt.DCWhInj", int(self.wh_inj // 10 ** sf) if car else 0, index=i)
+            m.set(714, "Prt.DCWhAbs", int(self.wh_abs // 10 ** sf) if car else 0, index=i)
+            m.set(714, "Prt.DCSta", on, index=i)
 
     # ---- what the bus did ----------------------------------------------------
 
@@ -354,6 +418,8 @@ class SimInverter:
             m.set_scaled(713, "SoC", soc_pct)
             m.set_scaled(713, "WHAvail", self.battery.capacity_wh * soc_pct / 100.0 * self.soh_pct / 100.0)
             m.set(713, "Sta", self._sym(713, "Sta", "ERROR" if self.alarm else "OK"))
+        if m.has_model(714):
+            self._publish_714()
         if m.has_model(715) and now_s is not None:
             # One beat per simulated second; skip the uint32 not-implemented value.
             m.set(715, "DERHb", int(now_s - self._hb_epoch_s) % 0xFFFFFFFF)

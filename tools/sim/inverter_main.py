@@ -55,7 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--unit", type=int, default=1, help="Modbus unit id (1..247)")
     p.add_argument("--base", type=int, default=40000, help="SunSpec base address (40000, 0 or 50000)")
     p.add_argument("--models", type=_models, default=DEFAULT_MODELS,
-                   help="comma list, e.g. 1,701,702,704,713")
+                   help="comma list, e.g. 1,701,702,704,713 (add 714 for DC voltage and current)")
     p.add_argument("--omit", type=_omit, action="append", default=[], metavar="MODEL.POINT",
                    help="a point that reads 'not implemented' (repeatable)")
     p.add_argument("--clock", default=os.environ.get("V2G_CLOCK"),

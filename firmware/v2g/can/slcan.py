@@ -187,8 +187,9 @@ def _parse(line: ptr8, n: int, data: ptr8, out: ptr32, hexval: ptr8) -> int:  # 
 
 class SlcanBus(CanBus):
     """stream: write(mv) -> int (0 = no room now), readinto(mv) -> int
-    (0 = nothing now; OSError = link lost), reopen(), close(). open_pty()
-    and open_tcp() below build one."""
+    (0 = nothing now; OSError = link lost), reopen(), close(). Injected:
+    open_pty() below builds one for a tty; for TCP, hal.can_build's
+    open_slcan_tcp() (a hal.tcpstream.TcpStream: this module imports no hal)."""
 
     def __init__(self, stream, bitrate=500000, listen_only=False):
         super().__init__()
@@ -496,20 +497,3 @@ class PtyStream:
 def open_pty(path, baud=None):
     """"slcan:PATH": a serial device or pty."""
     return PtyStream(path, baud)
-
-
-def open_tcp(host, port, connect_timeout_ms=200):
-    """"slcan-tcp:HOST:PORT": SLCAN lines over TCP (simulator, gateway)."""
-    from v2g.hal.tcpstream import TcpStream
-
-    class SlcanTcpStream(TcpStream):
-        def reopen(self):
-            self._drop()
-            self._connect()
-
-    s = SlcanTcpStream(host, port, connect_timeout_ms)
-    try:
-        s.reopen()
-    except OSError:
-        pass  # SlcanBus starts down; recover() tries again
-    return s

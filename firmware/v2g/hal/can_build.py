@@ -1,12 +1,15 @@
 # Builds the vehicle's CAN bus from the validated site config (CONTRACT
-# section 7, vehicle.link) and the board config's "can" section:
+# section 7, vehicle.link, as config parsed it into vehicle.link_parsed) and
+# the board config's "can" section:
 #
-#   "can"                  the board's controller:
-#                          "driver": "mcp2515" (default): SPI id, sck/mosi/miso,
-#                            cs, optional int pin, spi_baud, osc_hz, bitrate
-#                          "driver": "machine": the port's machine.CAN(id, bitrate)
-#   "slcan:PATH"           an SLCAN adapter on a serial device or pty (unix port)
-#   "slcan-tcp:HOST:PORT"  SLCAN lines over TCP (simulator, gateway)
+#   ("can",)                    the board's controller:
+#                               "driver": "mcp2515" (default): SPI id, sck/mosi/miso,
+#                                 cs, optional int pin, spi_baud, osc_hz, bitrate
+#                               "driver": "machine": the port's machine.CAN(id, bitrate)
+#   ("slcan_pty", PATH)         an SLCAN adapter on a serial device or pty (unix port)
+#   ("slcan_tcp", HOST, PORT)   SLCAN lines over TCP (simulator, gateway): the
+#                               stream is hal.tcpstream's, opened here and
+#                               injected into the bus (v2g.can imports no hal)
 #
 # Like the rest of hal/, the only place besides board.py that imports
 # machine, and only for "can". A missing or silent MCP2515 raises OSError
@@ -15,25 +18,38 @@
 # it when it appears.
 from micropython import const
 
-from v2g.board import host_port
-
 _DEFAULT_BITRATE = const(500000)  # CHAdeMO
+_SLCAN_CONNECT_MS = const(200)  # a recover() attempt costs at most this
+
+
+def open_slcan_tcp(host, port, connect_timeout_ms=_SLCAN_CONNECT_MS):
+    """The stream for ("slcan_tcp", HOST, PORT): a hal.tcpstream.TcpStream,
+    connected if the peer is there (else SlcanBus starts down and its
+    recover() calls the stream's reopen() again)."""
+    from v2g.hal.tcpstream import TcpStream
+
+    s = TcpStream(host, port, connect_timeout_ms)
+    try:
+        s.reopen()
+    except OSError:
+        pass
+    return s
 
 
 def vehicle_bus(cfg, board):
-    """-> a v2g.can bus for cfg["vehicle"]["link"]."""
-    link = cfg["vehicle"]["link"]
-    if link.startswith("slcan-tcp:"):
-        from v2g.can.slcan import SlcanBus, open_tcp
+    """-> a v2g.can bus for cfg["vehicle"]["link_parsed"] (config.validate)."""
+    link = cfg["vehicle"]["link_parsed"]
+    kind = link[0]
+    if kind == "slcan_tcp":
+        from v2g.can.slcan import SlcanBus
 
-        host, port = host_port(link[10:])
-        return SlcanBus(open_tcp(host, port))
-    if link.startswith("slcan:"):
+        return SlcanBus(open_slcan_tcp(link[1], link[2]))
+    if kind == "slcan_pty":
         from v2g.can.slcan import SlcanBus, open_pty
 
-        return SlcanBus(open_pty(link[6:]))
-    if link != "can":
-        raise ValueError("vehicle.link: " + link)
+        return SlcanBus(open_pty(link[1]))
+    if kind != "can":
+        raise ValueError("vehicle.link_parsed: " + str(kind))
     c = board.get("can")
     if not c:
         raise ValueError("board has no CAN controller")

@@ -4,6 +4,9 @@
 # apart:
 #   write(buf) -> int, readinto(mv) -> int (non-blocking), wait(timeout_ms) -> bool,
 #   discard(), close()
+# and reopen() (drop the socket, connect again now; raises OSError), which an
+# SLCAN bus calls to recover a lost link (hal.can_build injects this stream
+# into v2g.can.slcan.SlcanBus for "slcan-tcp:HOST:PORT").
 # Only the unix port uses it, but it is plain MicroPython (socket, select, errno).
 import errno
 import select
@@ -74,6 +77,12 @@ class TcpStream:
                 sock.close()
             except OSError:
                 pass
+
+    def reopen(self):
+        """Connect again now (the old socket, if any, is dropped first).
+        Raises OSError when the peer is not there."""
+        self._drop()
+        self._connect()
 
     @property
     def connected(self):
