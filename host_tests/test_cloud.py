@@ -1,12 +1,15 @@
 """Cloud link end to end: the firmware on the unix port, Mosquitto as the
 broker, paho-mqtt as the cloud side, the SunSpec simulator as the inverter."""
 import json
+import re
 import signal
+import socket
+import threading
 import time
 
 import pytest
 
-from conftest import site_config
+from conftest import MICROPYPATH, ROOT, run_mp, site_config
 from tools.cloud_client import Cloud, command
 
 KEY = json.loads(open(__file__.replace("host_tests/test_cloud.py", "examples/site.json")).read())["command_key"]
@@ -272,3 +275,101 @@ def test_a_second_client_with_our_client_id_is_backed_off_and_reported_once(site
     assert s.cloud.wait(lambda c: len([e for e in c.json("event") if e.get("ev") == "cloud_lost"]) >= 4, timeout=20)
     published = {json.dumps(e, sort_keys=True) for e in s.cloud.json("event") if e.get("ev") == "session_taken_over"}
     assert len(published) == 1, published  # (QoS 1 may deliver the same record twice)
+
+
+# --- v2g.mqtt on umqtt.simple (host_tests/mp/mqtt_*.py on the unix port)
+
+def umqtt_with_private_names_hidden(lib):
+    """A copy of the fetched umqtt.simple in lib/ with each of its private
+    names (methods and attributes starting with "_") renamed: code that
+    reaches for one fails there with AttributeError."""
+    src = (ROOT / "build" / "lib" / "umqtt" / "simple.py").read_text()
+    names = set(re.findall(r"def (_[A-Za-z]\w*)", src)) | set(re.findall(r"self\.(_[A-Za-z]\w*)\s*=", src))
+    for name in names:
+        src = re.sub(rf"\b{name}\b", name + "_hidden", src)
+    (lib / "umqtt").mkdir(parents=True)
+    (lib / "umqtt" / "simple.py").write_text(src)
+    return names
+
+
+@pytest.mark.parametrize("umqtt", ["as fetched", "private names hidden"])
+def test_umqtt_is_used_through_its_public_api_only(tmp_path, broker, umqtt):
+    import paho.mqtt.client as mqtt
+
+    b = broker()
+    seen = []
+    cloud = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    cloud.on_message = lambda _c, _u, m: seen.append((m.topic, m.payload))
+    cloud.connect("127.0.0.1", b.port, 30)
+    cloud.loop_start()
+    try:
+        # waiting for the client's subscription: a command and one far
+        # larger than the heap it runs in
+        for topic, payload in (("api/cmd/small", b"hi"), ("api/cmd/big", b"x" * 200_000)):
+            cloud.publish(topic, payload, qos=1, retain=True).wait_for_publish(5)
+        cloud.subscribe("api/up", qos=1)
+        path = MICROPYPATH
+        if umqtt != "as fetched":
+            assert {"_send_str", "_recv_len"} <= umqtt_with_private_names_hidden(tmp_path / "lib")
+            path = f"{tmp_path / 'lib'}:{MICROPYPATH}"
+        res = run_mp("mqtt_public_api", b.port, heap="96k", env={"MICROPYPATH": path}, timeout=30).json()
+        end = time.time() + 5
+        while not seen and time.time() < end:
+            time.sleep(0.05)
+    finally:
+        cloud.loop_stop()
+        cloud.disconnect()
+    # nothing in umqtt's module or class replaced, by the import or later
+    assert res["patched_by_import"] == [] and res["patched_after_session"] == [], res
+    # and no private member of umqtt used (the copy with them hidden runs)
+    assert res["error"] is None, res
+    # the 200 KB command was read away (the callback gets None), never held
+    assert res["got"] == [["api/cmd/big", None], ["api/cmd/small", 2]], res
+    # CONNECT, SUBSCRIBE and PUBLISH: one write each (Nagle)
+    assert (res["connect_writes"], res["subscribe_writes"], res["publish_writes"]) == (1, 1, 1), res
+    # QoS 1: publish waits for its PUBACK, or (wait=False) check_msg retires it
+    assert res["inflight_after_wait"] == 0 and res["inflight_before_ack"] and res["retired"], res
+    assert res["present"] == 0 and res["pong"], res
+    assert seen == [("api/up", b"hello")]
+
+
+class MuteServer:
+    """Accepts TCP connections and never answers; with `connack`, answers
+    the first bytes (a CONNECT) with a CONNACK and then nothing."""
+
+    def __init__(self, connack=False):
+        self.connack = connack
+        self.s = socket.socket()
+        self.s.bind(("127.0.0.1", 0))
+        self.s.listen(4)
+        self.port = self.s.getsockname()[1]
+        self.conns = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                conn, _ = self.s.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            if self.connack and conn.recv(1024):
+                conn.sendall(b"\x20\x02\x00\x00")
+
+    def close(self):
+        self.s.close()
+        for c in self.conns:
+            c.close()
+
+
+@pytest.mark.parametrize("after,timeout_s,step", [("nothing", 5, "connect"), ("connack", 2, "subscribe")])
+def test_a_broker_that_never_answers_costs_the_stream_timeout(after, timeout_s, step):
+    # the cloud link opens its stream with 5 s: a hanging broker costs that
+    # much of the cloud thread, then the next attempt is after the backoff
+    srv = MuteServer(connack=after == "connack")
+    try:
+        res = run_mp("mqtt_timeouts", "127.0.0.1", srv.port, timeout_s, timeout=30).json()
+    finally:
+        srv.close()
+    assert res["step"] == step and "ETIMEDOUT" in res["error"], res
+    assert timeout_s * 1000 - 100 <= res["ms"] <= timeout_s * 1000 + 1500, res

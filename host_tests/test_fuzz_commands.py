@@ -122,7 +122,8 @@ def test_fuzz(tmp_path, broker, live_inverter, firmware):
     inv = live_inverter(sim_epoch=1781452800 + 19 * 3600)
     cfg_path, cfg = site_config(tmp_path, inv.port, b.port)
     # the shipped .mpy form, in a heap whose free part cannot hold a 200 kB payload
-    fw = firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()}, heap="256k", compiled=True)
+    fw = firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()}, heap="256k", compiled=True,
+                  build_dir=tmp_path / "mpy")
     cloud = Cloud("127.0.0.1", b.port, DEV)
     assert cloud.wait(lambda c: b"online" in c.topic("status"), timeout=30), fw.output()[-3000:]
     now = int(inv.clock.now())

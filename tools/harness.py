@@ -246,13 +246,15 @@ class Firmware:
     its output lines are collected, and its JSON event lines parsed as they
     come."""
 
-    def __init__(self, config_path, env=None, heap=None, compiled=False, romfs=False, log=None):
+    def __init__(self, config_path, env=None, heap=None, compiled=False, romfs=False, log=None, build_dir=None):
         """compiled: run the .mpy build (tools/build_mpy.py), as a board
         runs it; needed for small heaps (compiling source costs RAM).
         romfs: run that build from a ROMFS image (tools/romfs_boot.py), as a
         board with a ROMFS partition runs it; `heap` (KB) is then the heap
         beyond the image's buffer, which a board keeps in flash.
-        log: a file that gets every output line too."""
+        log: a file that gets every output line too.
+        build_dir: where that build goes (default build/mpy/x64, the ROMFS
+        image build/romfs/x64.img); a test gives its own tmp_path."""
         import threading
 
         self.lines = []
@@ -265,7 +267,7 @@ class Firmware:
         if romfs:
             from tools.build_mpy import romfs as build_romfs
 
-            image = ROOT / "build" / "romfs" / "x64.img"
+            image = Path(build_dir) / "x64.img" if build_dir else ROOT / "build" / "romfs" / "x64.img"
             image.parent.mkdir(parents=True, exist_ok=True)
             size = build_romfs("x64", image)
             env["MICROPYPATH"] = ".frozen"
@@ -275,7 +277,7 @@ class Firmware:
         elif compiled:
             from tools.build_mpy import build
 
-            out = ROOT / "build" / "mpy" / "x64"
+            out = Path(build_dir) if build_dir else ROOT / "build" / "mpy" / "x64"
             build("x64", out)
             env["MICROPYPATH"] = f"{out}:{out / 'lib'}:.frozen"
             main = [str(out / "main.py")]

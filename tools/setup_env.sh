@@ -12,9 +12,11 @@ fi
 echo "setup: installing pinned host tools (tools/requirements.txt)"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tools/requirements.txt
 mkdir -p build/lib
+# umqtt.simple 1.3.4 is the newest on PyPI (newer ones are on micropython-lib's
+# mip index only); v2g.mqtt uses only the public API that it and the newer
+# one frozen in ESP32 images share (see its header). Its connect(), the one
+# place that imports `ussl`, is never called.
 tools/fetch_mpy_lib.sh micropython-umqtt.simple==1.3.4 umqtt build/lib
-# umqtt.simple 1.3.4 imports `ussl` for TLS; the unix port only has `ssl`.
-printf 'from ssl import *  # umqtt.simple 1.3.4 imports ussl\n' > build/lib/ussl.py
 # Type stubs of the boards' MicroPython ports, for the HAL type check.
 "$VENV/bin/python" -c "from tools.check_boards import ensure_stubs as e; e('esp32'); e('rp2')"
 echo "setup: done"
