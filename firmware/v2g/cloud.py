@@ -45,6 +45,7 @@ class CloudLink:
         self.cfg = cfg
         self.clock = clock
         self.shared = shared  # the control loop's port (v2g.shared): all this thread sees of it
+        self._rec = None  # this thread's copy of the status record, refilled in place
         self.outbox = outbox
         self.commands = commands
         self.host, self.port = m["host"], m["port"]
@@ -204,7 +205,7 @@ class CloudLink:
         seq = st.field("mode_seq")
         if (due or self.state_seq != seq or self.last_state_ms is None
                 or time.ticks_diff(now, self.last_state_ms) >= _STATE_EVERY_MS):
-            rec = st.read()  # one tick's values
+            rec = self._rec = st.read(self._rec)  # one tick's values, in this thread's copy
             self.state_seq = rec["mode_seq"]
             if due:
                 self.state_after = None

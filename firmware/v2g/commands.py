@@ -197,7 +197,7 @@ class Commands:
         elif -ev_w > lim["discharge_w"]:
             cmd_w = -lim["discharge_w"]
             notes.append("limited to limits.discharge_w %d W" % -cmd_w)
-        soc = self.shared.read()["soc_cpct"]
+        soc = self.shared.status.field("soc_cpct")
         soc = None if soc is None else soc / 100
         b = self.cfg["battery"]
         reserve = self.will["reserve_pct"]
@@ -246,7 +246,7 @@ class Commands:
 
     def _op_clear_fault(self, a, now):
         _only(a, ())
-        latched = self.shared.read()["latched"]
+        latched = self.shared.status.field("latched")
         if latched is None:
             return ("clear_fault",), "no latched fault", None
         return ("clear_fault",), "clear requested: " + latched, None

@@ -113,7 +113,7 @@ def status():
 
 def faults():
     """The fault history (raised and cleared), oldest first, local time."""
-    log = _app().shared.read()["fault_log"]
+    log = _app().shared.status.field("fault_log")
     if not log:
         print("no faults recorded since start")
     for t, what, code in log:
@@ -141,10 +141,10 @@ def resume():
 def clear_fault():
     """Clear a latched inverter fault (once the inverter no longer reports it)."""
     a = _app()
-    latched = a.shared.read()["latched"]
+    latched = a.shared.status.field("latched")
     _ask("clear_fault")
     _next_ticks(a, 2)
-    still = a.shared.read()["latched"]
+    still = a.shared.status.field("latched")
     if latched is None:
         print("no latched fault")
     elif still is None:
@@ -218,9 +218,9 @@ def selftest():
 def _next_ticks(a, n):
     """Wait (at most 3 s) until the control loop has ticked n more times;
     -> True if it did."""
-    t0 = a.shared.read()["tick_no"]
+    t0 = a.shared.status.field("tick_no")
     w0 = time.ticks_ms()
-    while a.shared.read()["tick_no"] < t0 + n:
+    while a.shared.status.field("tick_no") < t0 + n:
         if time.ticks_diff(time.ticks_ms(), w0) >= _WAIT_MS:
             return False
         time.sleep_ms(a.cfg["control"]["period_ms"])
