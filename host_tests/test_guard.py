@@ -70,9 +70,9 @@ TABLE = {
     "departure soc below soc_max: no passing soc_max": (
         [dict(s(soc_cpct=9000), ceiling=9500)], ("run", None, None, -7000, 0)),
     "departure ceiling above soc_max": (
-        [dict(s(soc_cpct=9000), ceiling=9500, cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 7000)),
+        [dict(s(soc_cpct=9000), ceiling=9500, cmd=[["settings.set_departure", 450, 95]])], ("run", None, None, -7000, 7000)),
     "departure ceiling capped at departure soc": (
-        [dict(s(soc_cpct=9510), ceiling=9900, cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 0)),
+        [dict(s(soc_cpct=9510), ceiling=9900, cmd=[["settings.set_departure", 450, 95]])], ("run", None, None, -7000, 0)),
     "vehicle fault -> fault": ([dict(s(), vehicle={"fault": "can_timeout", "must_stop": True, "state": "fault"})],
                                ("fault", "vehicle_fault", "vehicle:can_timeout", 0, 0)),
     "vehicle fault clears when the session recovers": (
@@ -90,7 +90,7 @@ TABLE = {
         [dict(s(soc_cpct=5000, inv_soc_cpct=5900), vehicle={})], ("run", None, None, -7000, 7000)),
     "no vehicle: no cross-check": ([s(soc_cpct=5000, inv_soc_cpct=9000)], ("run", None, None, -7000, 7000)),
     "no ceiling from the plan: soc_max holds": (
-        [dict(s(soc_cpct=9000), cmd=[["set_departure_soc", 95]])], ("run", None, None, -7000, 0)),
+        [dict(s(soc_cpct=9000), cmd=[["settings.set_departure", 450, 95]])], ("run", None, None, -7000, 0)),
 }
 
 

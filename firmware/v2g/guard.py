@@ -113,10 +113,6 @@ class Guard:
         """A clean shutdown: window 0..0 and mode idle "stopped" from now on."""
         self.stopped = True
 
-    def set_departure_soc(self, pct):
-        # test_guard's harness still calls this; the settings own the value
-        self.settings.set_departure(self.settings.dep_min, pct)
-
     # --- per tick
 
     def _fresh(self, tick, sample_tick):

@@ -52,10 +52,13 @@ def scenarios(cfg_path, scenarios_path):
             tick += 1
             clock.ms += st.get("dt_ms", 200)
             for cmd in st.get("cmd", []):
-                if isinstance(cmd, list):
-                    getattr(g, cmd[0])(*cmd[1:])
-                else:
-                    getattr(g, cmd)()
+                # "settings.NAME": the settings object the guard reads (as the
+                # control loop applies an owner's command), else a guard method
+                name, args = (cmd[0], cmd[1:]) if isinstance(cmd, list) else (cmd, ())
+                target = g
+                if name.startswith("settings."):
+                    target, name = g.settings, name[9:]
+                getattr(target, name)(*args)
             fresh = st.get("fresh", True)
             for k in ("soc_cpct", "ev_w", "hz_mhz", "inv_fault", "inv_soc_cpct"):
                 if k in st:
