@@ -3,13 +3,12 @@ broker, paho-mqtt as the cloud side, the SunSpec simulator as the inverter."""
 import json
 import re
 import signal
-import socket
-import threading
 import time
 
 import pytest
 
 from conftest import MICROPYPATH, ROOT, run_mp, site_config
+from tools.bench_cloud import HangingServer
 from tools.cloud_client import Cloud, command
 
 KEY = json.loads(open(__file__.replace("host_tests/test_cloud.py", "examples/site.json")).read())["command_key"]
@@ -333,40 +332,11 @@ def test_umqtt_is_used_through_its_public_api_only(tmp_path, broker, umqtt):
     assert seen == [("api/up", b"hello")]
 
 
-class MuteServer:
-    """Accepts TCP connections and never answers; with `connack`, answers
-    the first bytes (a CONNECT) with a CONNACK and then nothing."""
-
-    def __init__(self, connack=False):
-        self.connack = connack
-        self.s = socket.socket()
-        self.s.bind(("127.0.0.1", 0))
-        self.s.listen(4)
-        self.port = self.s.getsockname()[1]
-        self.conns = []
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self):
-        while True:
-            try:
-                conn, _ = self.s.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            if self.connack and conn.recv(1024):
-                conn.sendall(b"\x20\x02\x00\x00")
-
-    def close(self):
-        self.s.close()
-        for c in self.conns:
-            c.close()
-
-
 @pytest.mark.parametrize("after,timeout_s,step", [("nothing", 5, "connect"), ("connack", 2, "subscribe")])
 def test_a_broker_that_never_answers_costs_the_stream_timeout(after, timeout_s, step):
     # the cloud link opens its stream with 5 s: a hanging broker costs that
     # much of the cloud thread, then the next attempt is after the backoff
-    srv = MuteServer(connack=after == "connack")
+    srv = HangingServer(connack=after == "connack")
     try:
         res = run_mp("mqtt_timeouts", "127.0.0.1", srv.port, timeout_s, timeout=30).json()
     finally:

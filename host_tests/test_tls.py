@@ -8,7 +8,7 @@ import time
 import pytest
 
 from conftest import run_mp, site_config
-from test_cloud import MuteServer
+from tools.bench_cloud import HangingServer
 from tools.cloud_client import Cloud
 
 DEV = "home-charger-01"
@@ -137,7 +137,7 @@ def test_missing_client_certificate_is_refused(tmp_path, broker, live_inverter, 
 def test_a_broker_that_never_answers_the_handshake_costs_the_stream_timeout(pki):
     # TCP accepted, no ServerHello: the handshake reads on the stream's
     # timeout too (the cloud link's 5 s; 2 s here)
-    srv = MuteServer()
+    srv = HangingServer()
     try:
         res = run_mp("mqtt_timeouts", "localhost", srv.port, 2, pki / "ca.der", timeout=30).json()
     finally:

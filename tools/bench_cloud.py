@@ -45,9 +45,11 @@ def _pki(d):
 
 
 class HangingServer:
-    """Accepts TCP connections and never says a word."""
+    """Accepts TCP connections and never says a word; with `connack`, it
+    answers the first bytes (a CONNECT) with a CONNACK and then nothing."""
 
-    def __init__(self):
+    def __init__(self, connack=False):
+        self.connack = connack
         self.s = socket.socket()
         self.s.bind(("127.0.0.1", 0))
         self.s.listen(16)
@@ -63,6 +65,8 @@ class HangingServer:
             except OSError:
                 return
             self.conns.append(c)
+            if self.connack and c.recv(1024):
+                c.sendall(b"\x20\x02\x00\x00")
 
     def close(self):
         self.s.close()
