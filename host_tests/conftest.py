@@ -6,8 +6,7 @@ plain Python. Most of them hold one function per test and are run as
 
     MICROPYPATH=firmware:build/lib:.frozen build/venv/bin/micropython host_tests/mp/<test>_cases.py CASE [ARG...]
 
-from the repository root (host_tests/mp/cases.py). The `mpy` fixture runs a
-one-line snippet the same way.
+from the repository root (host_tests/mp/cases.py).
 """
 import json
 import os
@@ -56,7 +55,7 @@ class MpResult:
         return self.out.splitlines()
 
     def json(self):
-        """The last stdout line, parsed as JSON (the snippet's result)."""
+        """The last stdout line, parsed as JSON (the case's result)."""
         return json.loads(self.lines()[-1])
 
 
@@ -79,11 +78,6 @@ def _run(cmd, timeout, check, env, cwd, stdin):
     return res
 
 
-def run_mpy(code, *, heap=None, timeout=60, check=True, env=None, cwd=None, args=()):
-    """A MicroPython snippet (-c) on the unix port -> MpResult."""
-    return _run(_mp_cmd(["-c", code], args, heap), timeout, check, env, cwd, None)
-
-
 def run_mp(name, *args, heap=None, timeout=60, check=True, env=None, cwd=None, stdin=None):
     """The program host_tests/mp/<name>.py on the unix port, with args (each
     str()'d) on its command line and `stdin` as its input -> MpResult."""
@@ -95,12 +89,6 @@ def start_mp(name, *args, env=None, cwd=None):
     stdout and stderr piped), for a test that talks to it while it runs."""
     return subprocess.Popen(_mp_cmd([str(MP / f"{name}.py")], args), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=mp_env(env), cwd=cwd or ROOT)
-
-
-@pytest.fixture
-def mpy():
-    """Run a MicroPython snippet on the unix port: mpy(code) -> MpResult."""
-    return run_mpy
 
 
 def _made(build, close):

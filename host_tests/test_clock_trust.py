@@ -1,80 +1,21 @@
 """No time, no trust in time (a board boots at 2000-01-01 until SNTP answers),
 and a wall clock that steps must not stretch a dispatch, stop replanning or
-stop telemetry: lapses and periods run on monotonic ticks."""
+stop telemetry: lapses and periods run on monotonic ticks. The controller
+runs on the unix port (host_tests/mp/clock_trust_cases.py)."""
 import json
-import os
 import socket
 import struct
 import threading
 
-from conftest import site_config
+from conftest import run_mp, site_config
 from test_cloud import DEV, EVENING_MS, KEY
 from tools.cloud_client import Cloud, command
 
 Y2000 = 946684800
 EVENING_S = EVENING_MS // 1000
 
-# A controller with a clock the test moves: ticks and wall separately.
-_FAKE = """
-import json
-from v2g import config, log
-from v2g.clock import Clock
-from v2g.control import Controller
-from v2g.modbus import ModbusError
-log.quiet = True
-
-class FakeClock(Clock):
-    warp = 1
-    def __init__(self, wall_s):
-        self.ms = 0
-        self.wall0 = wall_s
-    def ticks_ms(self):
-        return self.ms
-    def ticks_diff(self, a, b):
-        return a - b
-    def time(self):
-        return self.wall0 + self.ms // 1000
-
-class DeadInverter:
-    # link down: the controller still ticks, plans and samples telemetry
-    ready = False
-    inverter_droop = False
-    last_wset = None
-    models = {}
-    def discover(self):
-        raise ModbusError("no answer")
-
-cfg = config.load('examples/site.json')
-def started(wall_s):
-    # a controller at 70 % SoC, one second after start
-    clk = FakeClock(wall_s)
-    c = Controller(cfg, clk, DeadInverter())
-    c.guard.soc_cpct = 7000
-    clk.ms += 1000
-    c._follow_time(clk.ms)
-    return clk, c
-def evs(c, kind):
-    return [e for e in c.shared.events.take() if e["ev"] == kind]
-"""
-
-
-def test_unset_clock_runs_no_saved_dispatch_and_never_exports(mpy):
-    out = mpy(_FAKE + f"""
-clk = FakeClock({Y2000} + 19 * 3600)
-c = Controller(cfg, clk, DeadInverter())
-# saved by a command before the reboot: it must not run on an unset clock
-c.apply_settings({{"dispatch": [-5000, {Y2000} + 20 * 3600]}})
-dropped = evs(c, "dispatch_dropped")
-c.guard.soc_cpct = 7000  # 70 %: at the evening peak a plan would export
-reqs = set()
-for i in range(3600):  # an hour, a request per second
-    clk.ms += 1000
-    c._follow_time(clk.ms)
-    w, why, ceiling = c._request(c.now_fw_s)
-    reqs.add((w, why, ceiling))
-print(json.dumps({{"dropped": dropped, "dispatch": c.dispatch, "reqs": sorted(reqs), "now": c.now_fw_s,
-                  "snap": (c._publish(), c.shared.state())[1]}}))
-""")
+def test_unset_clock_runs_no_saved_dispatch_and_never_exports():
+    out = run_mp("clock_trust_cases", "unset_clock", Y2000)
     got = out.json()
     assert got["dispatch"] is None
     assert [d["why"] for d in got["dropped"]] == ["clock_not_set"]
@@ -84,20 +25,8 @@ print(json.dumps({{"dropped": dropped, "dispatch": c.dispatch, "reqs": sorted(re
     assert got["snap"]["clock_set"] is False and got["snap"]["ts"] is None
 
 
-def test_clock_set_later_starts_the_plan_and_a_stale_saved_dispatch_is_dropped(mpy):
-    out = mpy(_FAKE + f"""
-clk, c = started({Y2000})
-before = c._request(c.now_fw_s)[1]
-clk.wall0 = {EVENING_S} - 1  # SNTP answered
-clk.ms += 5000
-c._follow_time(clk.ms)
-set_evs = evs(c, "clock_set")
-after = c._request(c.now_fw_s)[1]
-# a saved dispatch 5 h ahead (a clock that was wrong when it was saved)
-c.apply_settings({{"dispatch": [-5000, {EVENING_S} + 5 * 3600]}})
-print(json.dumps({{"before": before, "after": after, "set": set_evs, "dropped": evs(c, "dispatch_dropped"),
-                  "ts": (c._publish(), c.shared.state())[1]["ts"]}}))
-""")
+def test_clock_set_later_starts_the_plan_and_a_stale_saved_dispatch_is_dropped():
+    out = run_mp("clock_trust_cases", "clock_set_later", Y2000, EVENING_S)
     got = out.json()
     assert got["before"] == "clock_not_set"
     assert got["after"] != "clock_not_set"
@@ -106,32 +35,8 @@ print(json.dumps({{"before": before, "after": after, "set": set_evs, "dropped": 
     assert [d["why"] for d in got["dropped"]] == ["until not in the next 4 h"]
 
 
-def test_wall_clock_stepping_back_does_not_stretch_a_dispatch_or_stop_replans_or_telemetry(mpy):
-    out = mpy(_FAKE + f"""
-clk, c = started({EVENING_S})
-c._do(("dispatch", -3000, {EVENING_S} + 1 + 1800))  # 30 min
-samples = 0
-jumps = []
-replans = []
-whys = []
-for s in range(1, 2401):  # 40 min in 1 s steps
-    clk.ms += 1000
-    if s in (600, 2000):
-        clk.wall0 -= 3600  # the wall clock steps back an hour (in the dispatch, then in the plan)
-    c.tick()
-    # tick() judged the dead link: give the plan a SoC again, ask directly
-    c.guard.soc_cpct = 7000
-    before = c.plan.computed_at
-    w, why, _ = c._request(c.now_fw_s)
-    if c.plan.computed_at != before:
-        replans.append(s)
-    whys.append(why)
-    j = [e for e in c.shared.events.take() if e["ev"] in ("clock_jump", "dispatch_lapsed")]
-    jumps += j
-    while c.shared.telemetry.pop():
-        samples += 1
-print(json.dumps({{"jumps": jumps, "whys": whys, "samples": samples, "replans": replans}}))
-""", timeout=120)
+def test_wall_clock_stepping_back_does_not_stretch_a_dispatch_or_stop_replans_or_telemetry():
+    out = run_mp("clock_trust_cases", "wall_clock_steps_back", EVENING_S, timeout=120)
     got = out.json()
     kinds = [e["ev"] for e in got["jumps"]]
     assert kinds == ["clock_jump", "dispatch_lapsed", "clock_jump"], kinds
@@ -231,29 +136,16 @@ def test_board_booting_at_2000_refuses_time_commands_until_sntp_then_plans(tmp_p
         sntp.close()
 
 
-def test_the_tick_reads_the_wall_clock_once_per_wall_check_not_every_tick(mpy):
+def test_the_tick_reads_the_wall_clock_once_per_wall_check_not_every_tick():
     # On a 32-bit board each wall read is a big int on the heap: the control
     # tick keeps it to one read every 5 s (25 ticks at 200 ms), not one a tick.
-    out = mpy(_FAKE + f"""
-class CountingClock(FakeClock):
-    reads = 0
-    def time(self):
-        self.reads += 1
-        return FakeClock.time(self)
-clk = CountingClock({EVENING_S})
-c = Controller(cfg, clk, DeadInverter())
-r0 = clk.reads
-for i in range(1000):
-    clk.ms += c.period_ms
-    c.tick()
-print(json.dumps({{"reads": clk.reads - r0, "ticks": 1000}}))
-""")
+    out = run_mp("clock_trust_cases", "wall_reads_per_tick", EVENING_S)
     got = out.json()
     # 200 s of ticks: 40 wall checks, and the odd read for an event record
     assert got["reads"] <= 1000 // 25 + 10, got
 
 
-def test_a_board_with_wifi_joins_it_at_boot_without_waiting(mpy, tmp_path):
+def test_a_board_with_wifi_joins_it_at_boot_without_waiting(tmp_path):
     # No radio here: a stand-in `network` module records what the firmware
     # asks of the WLAN interface (a board's is network.WLAN(STA_IF)).
     shim = tmp_path / "shim"
@@ -265,18 +157,7 @@ def test_a_board_with_wifi_joins_it_at_boot_without_waiting(mpy, tmp_path):
         "    def active(self, on): calls.append(('active', on))\n"
         "    def isconnected(self): return False\n"
         "    def connect(self, ssid, pw): calls.append(('connect', ssid, pw))\n")
-    out = mpy(f"""
-import json, sys
-sys.path.insert(0, {str(shim)!r})
-from v2g import config
-from v2g.board import wifi_up
-import network
-cfg = config.load('examples/site.json')
-none = wifi_up(cfg)
-cfg["wifi"] = {{"ssid": "farmhouse", "password": "pw-123456"}}
-w = wifi_up(cfg)
-print(json.dumps({{"none": none is None, "calls": network.calls, "got": w is not None}}))
-""")
+    out = run_mp("clock_trust_cases", "wifi_at_boot", shim)
     got = out.json()
     assert got["none"] is True  # no wifi.ssid: the network is someone else's
     assert got["got"] is True

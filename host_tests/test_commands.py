@@ -1,51 +1,28 @@
 """Signed commands on the unix port, against a real Controller with its
 inverter link down: checked in one place against the settings as they will
 be, never dropped once accepted, hostile-but-signed bodies refused with
-their id. The commands are made and signed here (CPython), handled there."""
+their id. The commands are made and signed here (CPython), handled there
+(host_tests/mp/commands_cases.py)."""
 import json
 import time
 
+from conftest import run_mp
 from tools.cloud_client import command, sign
 
 KEY = json.loads(open(__file__.replace("host_tests/test_commands.py", "examples/site.json")).read())["command_key"]
 
-_SETUP = """
-import json
-from v2g import config, log
-from v2g.clock import Clock
-from v2g.commands import Commands
-from v2g.control import Controller
-from v2g.modbus import ModbusError
-from v2g.store import JsonFile, ensure_dir
-log.quiet = True
-
-class DeadInverter:
-    ready = False
-    inverter_droop = False
-    last_wset = None
-    models = {}
-    def discover(self):
-        raise ModbusError("no answer")
-
-cfg = config.load('examples/site.json')
-STORE = %r
-cfg["store"]["dir"] = STORE
-ensure_dir(STORE)
-ctrl = Controller(cfg, Clock(), DeadInverter())
-ctrl.apply_settings(JsonFile(STORE + "/settings.json", {}).load())
-cmds = Commands(cfg, Clock(), STORE, ctrl.shared)
-PAYLOADS = json.loads(%r)
-def results(payloads):
-    return [cmds.handle(p.encode()) for p in payloads]
-"""
-
 
 def setup(tmp_path, payloads, settings=None):
+    """The arguments of a commands_cases case: STORE (with `settings` saved in
+    it, if given) and the file holding `payloads`."""
     store = tmp_path / "store"
     store.mkdir(exist_ok=True)
     if settings is not None:
         (store / "settings.json").write_text(json.dumps(settings))
-    return _SETUP % (str(store), json.dumps([p.decode() for p in payloads]))
+    # the payloads go by file: a flood of signed commands is too long for a command line
+    path = tmp_path / "payloads.json"
+    path.write_text(json.dumps([p.decode() for p in payloads]))
+    return str(store), str(path)
 
 
 def cmd(op, args, seq, cid=None, exp=None):
@@ -56,21 +33,13 @@ def signed_text(body_text):
     return json.dumps({"body": body_text, "sig": sign(KEY, body_text)}).encode()
 
 
-def test_a_flood_is_bounded_before_acceptance_and_nothing_accepted_is_dropped(mpy, tmp_path):
+def test_a_flood_is_bounded_before_acceptance_and_nothing_accepted_is_dropped(tmp_path):
     # 40 commands before the control loop's next tick: the dispatch first,
     # then 39 reserves, each a different value
     until = int(time.time()) + 1800
     payloads = [cmd("dispatch", {"ev_w": -3000, "until": until}, 1)]
     payloads += [cmd("set_reserve", {"pct": 30 + i}, 1 + i) for i in range(1, 40)]
-    out = mpy(setup(tmp_path, payloads) + """
-res = results(PAYLOADS)
-ctrl.tick()
-again = cmds.handle(PAYLOADS[16].encode())  # the first one refused, as it was sent
-ctrl.tick()
-print(json.dumps({"res": res, "again": again, "applied": ctrl.actions_applied, "dropped": ctrl.shared.inbox.dropped,
-                  "dispatch": ctrl.dispatch and ctrl.dispatch[0], "reserve": ctrl.settings.reserve_pct,
-                  "settings": JsonFile(STORE + "/settings.json", {}).load(), "seq": cmds.last_seq}))
-""").json()
+    out = run_mp("commands_cases", "flood", *setup(tmp_path, payloads)).json()
     res = out["res"]
     ok = [r for r in res if r["ok"]]
     busy = [r for r in res if r["error"] == "busy"]
@@ -87,61 +56,22 @@ print(json.dumps({"res": res, "again": again, "applied": ctrl.actions_applied, "
     assert out["settings"]["reserve_pct"] == 46 and out["seq"] == 17
 
 
-def test_a_reserved_slot_cannot_be_taken_while_the_command_is_persisted(mpy, tmp_path):
+def test_a_reserved_slot_cannot_be_taken_while_the_command_is_persisted(tmp_path):
     # another thread (a technician's helper) fills the inbox while the
     # command writes its seq: the command still gets its slot, nothing drops
-    out = mpy(setup(tmp_path, [cmd("set_mode", {"mode": "idle"}, 5)]) + """
-save = cmds.seq_file.save
-others = []
-def save_while_others_post(doc):
-    for _ in range(20):
-        if not ctrl.shared.post(("pause",)):
-            break
-        others.append(1)
-    save(doc)
-cmds.seq_file.save = save_while_others_post
-res = results(PAYLOADS)
-full = ctrl.shared.post(("resume",))
-ctrl.tick()
-print(json.dumps({"res": res, "others": len(others), "full": full, "applied": ctrl.actions_applied,
-                  "dropped": ctrl.shared.inbox.dropped, "mode": ctrl.settings.mode}))
-""").json()
+    out = run_mp("commands_cases", "reserved_slot", *setup(tmp_path, [cmd("set_mode", {"mode": "idle"}, 5)])).json()
     assert out["res"][0]["ok"] is True
     assert out["others"] == 15 and out["full"] == 0  # refused, not dropping another
     assert out["dropped"] == 0 and out["applied"] == 16 and out["mode"] == "idle"
 
 
-def test_technician_helpers_wait_for_room_and_factory_reset_narrows_the_checks(mpy, tmp_path):
+def test_technician_helpers_wait_for_room_and_factory_reset_narrows_the_checks(tmp_path):
     # remote settings in effect: reserve 25 %, departure 85 %; the site
     # config says 30 % and 80 %
     payloads = [cmd("set_reserve", {"pct": 82}, 10), cmd("set_departure", {"time": "07:30", "soc_pct": 27}, 11),
                 cmd("set_reserve", {"pct": 50}, 12), cmd("set_departure", {"time": "07:30", "soc_pct": 60}, 13)]
-    out = mpy(setup(tmp_path, payloads, {"reserve_pct": 25, "departure": [450, 85]}) + """
-import _thread, os, time
-from v2g import app, tech
-class App:
-    pass
-a = App()
-a.shared, a.commands, a.cfg = ctrl.shared, cmds, cfg
-app.current = a
-for i in range(16):
-    assert ctrl.shared.post(("pause",))
-done = []
-def control_thread():
-    time.sleep_ms(300)
-    for _ in range(50):
-        ctrl.tick()
-        time.sleep_ms(20)
-    done.append(1)
-_thread.start_new_thread(control_thread, ())
-tech.resume()  # waits for room in the full inbox, then for the answer
-tech.factory_reset()
-gone = "settings.json" not in os.listdir(STORE)
-res = results(PAYLOADS)
-while not done:
-    time.sleep_ms(20)
-print(json.dumps({"applied": ctrl.actions_applied, "dropped": ctrl.shared.inbox.dropped, "gone": gone, "res": res}))
-""").json()
+    out = run_mp("commands_cases", "technician_helpers",
+                 *setup(tmp_path, payloads, {"reserve_pct": 25, "departure": [450, 85]})).json()
     assert out["dropped"] == 0
     assert out["applied"] == 16 + 2 + 2  # the pauses, two resumes, two accepted commands
     assert out["gone"]
@@ -150,19 +80,14 @@ print(json.dumps({"applied": ctrl.actions_applied, "dropped": ctrl.shared.inbox.
                                                           (True, None), (True, None)], out["res"]
 
 
-def test_each_command_is_checked_against_the_settings_as_they_will_be(mpy, tmp_path):
+def test_each_command_is_checked_against_the_settings_as_they_will_be(tmp_path):
     until = int(time.time()) + 3600
     payloads = [cmd("set_departure", {"time": "07:30", "soc_pct": 50}, 1),
                 cmd("set_reserve", {"pct": 60}, 2),  # above the departure just accepted
                 cmd("set_reserve", {"pct": 45}, 3),
                 cmd("set_departure", {"time": "08:00", "soc_pct": 40}, 4),  # below the reserve just accepted
                 cmd("dispatch", {"ev_w": -7000, "until": until}, 5)]
-    out = mpy(setup(tmp_path, payloads) + """
-ctrl.guard.soc_cpct = 4600  # 46 %: an hour at -7 kW ends near 34 %
-ctrl._publish()  # what the commands see
-res = results(PAYLOADS)
-print(json.dumps({"res": res, "loop_reserve": ctrl.settings.reserve_pct, "will": getattr(cmds, "will", None)}))
-""").json()
+    out = run_mp("commands_cases", "settings_as_they_will_be", *setup(tmp_path, payloads)).json()
     res = out["res"]
     assert [r["ok"] for r in res] == [True, False, True, False, True]
     assert res[1]["error"] == "bad_args" and res[3]["error"] == "bad_args"
@@ -171,15 +96,13 @@ print(json.dumps({"res": res, "loop_reserve": ctrl.settings.reserve_pct, "will":
     assert out["will"]["reserve_pct"] == 45 and out["will"]["departure"] == [450, 50]
 
 
-def test_the_checks_start_from_the_saved_settings(mpy, tmp_path):
+def test_the_checks_start_from_the_saved_settings(tmp_path):
     payloads = [cmd("set_reserve", {"pct": 60}, 1), cmd("set_reserve", {"pct": 50}, 2)]
-    out = mpy(setup(tmp_path, payloads, {"departure": [450, 50]}) + """
-print(json.dumps(results(PAYLOADS)))
-""").json()
+    out = run_mp("commands_cases", "saved_settings", *setup(tmp_path, payloads, {"departure": [450, 50]})).json()
     assert [r["ok"] for r in out] == [False, True]
 
 
-def test_hostile_but_signed_bodies_keep_their_id(mpy, tmp_path):
+def test_hostile_but_signed_bodies_keep_their_id(tmp_path):
     now = int(time.time())
     exp = now + 600
     good = {"id": "f", "seq": 8, "exp": exp, "op": "set_reserve", "args": {"pct": 40}}
@@ -228,22 +151,7 @@ def test_hostile_but_signed_bodies_keep_their_id(mpy, tmp_path):
         (signed_text(body(id=5)), "bad_payload", None),
         (signed_text(body(id="")), "bad_payload", ""),
     ]
-    out = mpy(setup(tmp_path, [c[0] for c in cases]) + """
-import gc
-from v2g import commands
-res = results(PAYLOADS)
-# the scan allocates nothing for a body without escapes
-text = json.loads(PAYLOADS[14])["body"].encode()
-why = m0 = m1 = None  # no new globals while measuring
-scan = getattr(commands, "_scan", lambda t: "no scanner")
-gc.collect()
-gc.disable()
-m0 = gc.mem_alloc()
-why = scan(text)
-m1 = gc.mem_alloc()
-gc.enable()
-print(json.dumps({"res": res, "scan": why, "alloc": m1 - m0, "len": len(text), "seq": cmds.last_seq}))
-""").json()
+    out = run_mp("commands_cases", "hostile_bodies", *setup(tmp_path, [c[0] for c in cases])).json()
     got = [(r["error"], r["id"]) for r in out["res"]]
     want = [(c[1], c[2]) for c in cases]
     assert got == want, [(i, g, w, r["detail"]) for i, (g, w, r) in enumerate(zip(got, want, out["res"])) if g != w]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, MICROPYTHON, mp_env, site_config
+from conftest import ROOT, MICROPYTHON, mp_env, run_mp, site_config
 
 # 2026-06-15 02:00 local (UTC+8): the valley, charging for the 07:30 departure
 SIM_START_MS = (1781452800 + 2 * 3600) * 1000
@@ -169,68 +169,23 @@ def test_pause_holds_and_resume_continues(live_inverter, harness):
     assert h.tick(2)[-1]["mode"] == "charge"
 
 
-def test_damaged_settings_are_skipped_not_fatal(mpy, tmp_path):
+def test_damaged_settings_are_skipped_not_fatal():
     """A settings.json with values of the wrong shape (damaged flash) must
     not stop the firmware from starting: each bad key is skipped with an event."""
-    res = mpy("""
-import json
-from v2g import config, log
-from v2g.clock import Clock
-from v2g.control import Controller
-log.quiet = True
-class NoInverter:
-    ready = False
-    inverter_droop = False
-    models = {}
-cfg = config.load('examples/site.json')
-c = Controller(cfg, Clock(), NoInverter())
-c.apply_settings({"reserve_pct": "lots", "departure": [450], "mode": "turbo", "dispatch": None})
-c.apply_settings({"reserve_pct": 40, "mode": "idle"})
-r = c.shared.read()
-print(json.dumps([[e["key"] for e in c.shared.events.take() if e["ev"] == "settings_ignored"], r["reserve_cpct"] / 100,
-                  r["user_mode"]]))
-""")
+    res = run_mp("control_cases", "damaged_settings")
     keys, reserve, mode = res.json()
     assert sorted(keys) == ["departure", "dispatch", "mode", "reserve_pct"]
     assert reserve == 40 and mode == "idle"
 
 
-def test_telemetry_ring_leaves_no_garbage_in_the_control_thread_and_keeps_order(mpy):
+def test_telemetry_ring_leaves_no_garbage_in_the_control_thread_and_keeps_order():
     # The control thread hands samples to the cloud thread through a ring of
     # ints allocated once: put() leaves no garbage (heap use is the same
     # after 1,000 samples; the call's own frame is freed on return), None
     # survives the round trip, units become CONTRACT units on the way
     # out (ts: seconds since the firmware's epoch in, unix s out; None
     # while the clock is not set), and when full the oldest go and are counted.
-    out = mpy("""
-import gc, json
-from v2g.clock import FW_EPOCH_UNIX
-from v2g.shared import SampleRing
-r = SampleRing(4)
-r.put(0, 0, 0, 0, 0, 0)
-r.pop()
-i = grown = before = 0  # globals made before measuring (a new one can grow the dict)
-gc.collect()
-before = gc.mem_alloc()
-while i < 1000:  # (a for loop's range iterator would be garbage itself)
-    r.put(1781452800 - FW_EPOCH_UNIX + i, 4512, -3000, 50012, 1000, 7)
-    i += 1
-grown = gc.mem_alloc() - before
-while r.pop():
-    pass
-r.dropped = 0
-for i in range(6):
-    r.put(1781452800 - FW_EPOCH_UNIX + i, 4512 + i, -3000 - i, 50012, None if i == 5 else 1000 + i, 7)
-recs = []
-while True:
-    x = r.pop()
-    if x is None:
-        break
-    recs.append(x)
-print(json.dumps({"dropped": r.dropped, "recs": recs, "grown": grown}))
-r.put(None, None, None, None, None, None)
-print(json.dumps(r.pop()))
-""")
+    out = run_mp("control_cases", "telemetry_ring")
     got = json.loads(out.lines()[-2])
     assert got["grown"] == 0
     assert got["dropped"] == 2

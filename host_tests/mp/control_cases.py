@@ -1,0 +1,62 @@
+# test_control.py's MicroPython half for the pieces of the control loop that
+# need no live inverter (host_tests/mp/cases.py); the live-inverter tests
+# drive host_tests/mp/control_harness.py instead.
+import gc
+import json
+
+import cases
+from v2g import config, log
+from v2g.clock import FW_EPOCH_UNIX, Clock
+from v2g.control import Controller
+from v2g.shared import SampleRing
+
+log.quiet = True
+
+
+class NoInverter:
+    # never discovered: apply_settings must not need a link
+    ready = False
+    inverter_droop = False
+    models = {}
+
+
+def damaged_settings():
+    # -> [ignored keys, reserve %, user mode] after a damaged then a good settings doc
+    c = Controller(config.load("examples/site.json"), Clock(), NoInverter())
+    c.apply_settings({"reserve_pct": "lots", "departure": [450], "mode": "turbo", "dispatch": None})
+    c.apply_settings({"reserve_pct": 40, "mode": "idle"})
+    r = c.shared.read()
+    return [[e["key"] for e in c.shared.events.take() if e["ev"] == "settings_ignored"], r["reserve_cpct"] / 100,
+            r["user_mode"]]
+
+
+def telemetry_ring():
+    # prints {"dropped", "recs", "grown"}, then returns the all-None record
+    r = SampleRing(4)
+    # a first round trip, so that nothing done once on first use is counted
+    r.put(0, 0, 0, 0, 0, 0)
+    r.pop()
+    i = 0  # a local: no dict to grow while measuring, as a new global could
+    gc.collect()
+    before = gc.mem_alloc()
+    while i < 1000:  # (a for loop's range iterator would be garbage itself)
+        r.put(1781452800 - FW_EPOCH_UNIX + i, 4512, -3000, 50012, 1000, 7)
+        i += 1
+    grown = gc.mem_alloc() - before
+    while r.pop():
+        pass
+    r.dropped = 0
+    for i in range(6):
+        r.put(1781452800 - FW_EPOCH_UNIX + i, 4512 + i, -3000 - i, 50012, None if i == 5 else 1000 + i, 7)
+    recs = []
+    while True:
+        x = r.pop()
+        if x is None:
+            break
+        recs.append(x)
+    print(json.dumps({"dropped": r.dropped, "recs": recs, "grown": grown}))
+    r.put(None, None, None, None, None, None)
+    return r.pop()
+
+
+cases.main(globals())
