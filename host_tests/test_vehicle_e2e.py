@@ -150,6 +150,10 @@ def test_shutdown_ends_the_cars_session(tmp_path, broker, live_inverter, firmwar
         cfg_path, cfg = site_config(tmp_path, inv.port, b.port, vehicle={"driver": "chademo", "link": link})
         fw = firmware(cfg_path, {"V2G_CLOCK": inv.clock.to_env()})  # the night, whatever the hour
         assert fw.wait_event("mode", lambda e: e["mode"] == "charge", timeout=20), modes(fw)
+        # mid-charge: the session in its charging loop (on a loaded machine
+        # the guard's "charge" can come before the car asks for current)
+        assert fw.wait_event("chademo", lambda e: e["transition"].endswith("-> charging"), timeout=20), \
+            fw.events("chademo")
         time.sleep(1)
         assert fw.stop() == 0
         ended = [e for e in fw.events("chademo") if e["transition"].endswith("-> stopping")]
