@@ -45,7 +45,7 @@ class CloudLink:
         self.cfg = cfg
         self.clock = clock
         self.shared = shared  # the control loop's port (v2g.shared): all this thread sees of it
-        self._rec = None  # this thread's copy of the status record, refilled in place
+        self._rec = shared.read()  # this thread's copy of the status record, made at boot, refilled in place
         self.outbox = outbox
         self.commands = commands
         self.host, self.port = m["host"], m["port"]
