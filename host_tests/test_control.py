@@ -178,6 +178,15 @@ def test_damaged_settings_are_skipped_not_fatal():
     assert reserve == 40 and mode == "idle"
 
 
+def test_an_error_while_handling_an_internal_error_does_not_end_the_control_thread():
+    # A full heap makes the tick raise, and the 0 W write of its handling
+    # raise the same: the loop counts it and keeps ticking (before, that
+    # second MemoryError escaped the handler and the control thread died,
+    # found by the ROMFS heap search)
+    got = run_mp("control_cases", "internal_error_while_zeroing").json()
+    assert got == {"ticks": 5, "internal_errors": 5, "setpoint_w": 0, "events": 5}, got
+
+
 def test_telemetry_ring_leaves_no_garbage_in_the_control_thread_and_keeps_order():
     # The control thread hands samples to the cloud thread through a ring of
     # ints allocated once: put() leaves no garbage (heap use is the same

@@ -460,8 +460,20 @@ class Controller:
         # car's session is ended at the next tick (controller_fault).
         self.internal_errors += 1
         self.error_tick = self.tick_no
-        self._zero()
-        self._event("internal_error", {"error": type(e).__name__ + ": " + str(e), "where": where(e)})
+        self.k[K.STOP] = 1
+        K.tick(self.k)
+        # The handling itself may fail the same way (a MemoryError with the
+        # heap still full): it must not end the control thread. The 0 W write
+        # is best effort here, as in zero(): the inverter's reversion timer
+        # takes it to 0 W if it cannot get through.
+        try:
+            self.south.zero()
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            self._event("internal_error", {"error": type(e).__name__ + ": " + str(e), "where": where(e)})
+        except Exception:  # noqa: BLE001 - counted in internal_errors all the same
+            pass
 
     def _stop_done(self):
         v = self.vehicle

@@ -166,6 +166,7 @@ class SunSpecInverter:
         # DCW; False = the totals DCA, DCW), or None: nothing to read
         self.dc_span = None
         self.dc_port = None  # index of that port, or None
+        self._wset_buf = bytearray(4)  # WSet, for every setpoint write after the first
 
     # --- discovery
 
@@ -392,7 +393,7 @@ class SunSpecInverter:
             _put32(r, 18, self.revert_s)  # WSetRvrtTms
             self.m.write_multiple(self.models[704][0] + _M704_CTL0, r)
         else:
-            b = bytearray(4)
+            b = self._wset_buf  # made once: the write that ends an error path must not need the heap
             _put32(b, 0, raw)
             self.m.write_multiple(self.models[704][0] + _M704_WSET, b)
         self.last_wset = ev_w

@@ -30,6 +30,36 @@ def damaged_settings():
             r["user_mode"]]
 
 
+class FailingInverter:
+    """Discovered, then every refresh and setpoint write raises what a full
+    heap raises."""
+    ready = True
+    inverter_droop = False
+    models = {}
+    last_wset = None
+
+    def refresh(self, m, tick):
+        raise MemoryError("memory allocation failed")
+
+    def write_setpoint(self, w):
+        raise MemoryError("memory allocation failed")
+
+    def heartbeat(self, n):
+        pass
+
+
+def internal_error_while_zeroing():
+    # -> {ticks, internal_errors, setpoint_w, events}: run() must come back
+    # (the control thread goes on), the kernel stopped at 0 W
+    from v2g import kernel as K
+
+    c = Controller(config.load("examples/site.json"), Clock(), FailingInverter())
+    c.run(stop_after_ticks=5)
+    evs = [e["ev"] for e in c.shared.events.take()]
+    return {"ticks": c.tick_no, "internal_errors": c.internal_errors, "setpoint_w": c.k[K.SP_W],
+            "events": evs.count("internal_error")}
+
+
 def telemetry_ring():
     # prints {"dropped", "recs", "grown"}, then returns the all-None record
     r = SampleRing(4)
