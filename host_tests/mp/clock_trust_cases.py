@@ -2,10 +2,10 @@
 # moves, ticks and wall separately (host_tests/mp/cases.py). Wall times come
 # as unix seconds on the command line, so that the test holds them once.
 import cases
+from dead_inverter import DeadInverter
 from v2g import config, log
 from v2g.clock import Clock
 from v2g.control import Controller
-from v2g.modbus import ModbusError
 
 log.quiet = True
 
@@ -36,17 +36,6 @@ class CountingClock(FakeClock):
     def time(self):
         self.reads += 1
         return FakeClock.time(self)
-
-
-class DeadInverter:
-    # link down: the controller still ticks, plans and samples telemetry
-    ready = False
-    inverter_droop = False
-    last_wset = None
-    models = {}
-
-    def discover(self):
-        raise ModbusError("no answer")
 
 
 def _cfg():

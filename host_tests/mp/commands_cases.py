@@ -5,26 +5,15 @@
 import json
 
 import cases
+from dead_inverter import DeadInverter
 from v2g import config, log
 from v2g import store as v2g_store
 from v2g.clock import Clock
 from v2g.commands import Commands
 from v2g.control import Controller
-from v2g.modbus import ModbusError
 from v2g.store import JsonFile
 
 log.quiet = True
-
-
-class DeadInverter:
-    # a link that never answers: commands must still be checked and queued
-    ready = False
-    inverter_droop = False
-    last_wset = None
-    models = {}
-
-    def discover(self):
-        raise ModbusError("no answer")
 
 
 def _setup(store, payloads_path):
