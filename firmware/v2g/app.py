@@ -212,11 +212,11 @@ def main(argv=None):
     from v2g.shared import early_buffers
 
     early_buffers()
-    # The control loop's modules before the config: their objects, kept for
-    # the whole run, pack in the heap's start next to the rings, and the
-    # validator's garbage is freed into one large hole after them (the other
-    # way round, the boot of a 96 KB ROMFS board found no 600-byte block
-    # with 17 KB free). Importing them starts nothing.
+    # The control loop's modules before the config (the order boot had
+    # before they were split out of control.py): their objects, kept for the
+    # whole run, pack at the heap's start next to the rings, and the
+    # validator's garbage is freed into one hole after them rather than
+    # threaded between them. Importing them starts nothing.
     import v2g.control  # noqa: F401
     try:
         cfg, board = load(path, boards)

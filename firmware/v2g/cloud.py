@@ -205,7 +205,7 @@ class CloudLink:
         seq = st.field("mode_seq")
         if (due or self.state_seq != seq or self.last_state_ms is None
                 or time.ticks_diff(now, self.last_state_ms) >= _STATE_EVERY_MS):
-            rec = self._rec = st.read(self._rec)  # one tick's values, in this thread's copy
+            rec = st.read(self._rec)  # one tick's values, in this thread's copy
             self.state_seq = rec["mode_seq"]
             if due:
                 self.state_after = None
