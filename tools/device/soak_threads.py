@@ -171,27 +171,34 @@ def control_thread():
         done["control"] = True
 
 
-_thread.start_new_thread(control_thread, ())
-_thread.start_new_thread(cloud_thread, ())
-_thread.start_new_thread(repl_thread, ())
-_thread.start_new_thread(repl_thread, ())
-t_end = time.ticks_add(time.ticks_ms(), int(SECONDS * 1000))
-last = 0
-while time.ticks_diff(t_end, time.ticks_ms()) > 0:
-    last = check(shared.read(), last)
-    counts["snapshots"] += 1
-    time.sleep_ms(3)
-# every action queued before the stop must be applied; the helpers keep
-# posting until the control thread has returned, and those may not be
-offered_before_stop = shared.inbox.offered
-shared.request_stop()
-t0 = time.ticks_ms()
-while not done["control"] and time.ticks_diff(time.ticks_ms(), t0) < 10000:
-    time.sleep_ms(10)
-time.sleep_ms(200)  # the other threads see `done` and end
-rec = shared.read()
-print(json.dumps({"ticks": rec["tick_no"], "stopped": rec["stopped"], "mode": rec["mode"], "reason": rec["reason"],
-                  "applied": rec["actions_applied"], "offered": shared.inbox.offered,
-                  "offered_before_stop": offered_before_stop,
-                  "dropped": shared.inbox.dropped, "internal_errors": rec["internal_errors"],
-                  "control_returned": done["control"], "counts": counts, "bad": bad}))
+def main():
+    # Everything here is local: a global made while the other threads run
+    # would grow the module's dict under their lookups (no GIL on an
+    # RP2040; here it showed as NameError: name 'done' isn't defined).
+    _thread.start_new_thread(control_thread, ())
+    _thread.start_new_thread(cloud_thread, ())
+    _thread.start_new_thread(repl_thread, ())
+    _thread.start_new_thread(repl_thread, ())
+    t_end = time.ticks_add(time.ticks_ms(), int(SECONDS * 1000))
+    last = 0
+    while time.ticks_diff(t_end, time.ticks_ms()) > 0:
+        last = check(shared.read(), last)
+        counts["snapshots"] += 1
+        time.sleep_ms(3)
+    # every action queued before the stop must be applied; the helpers keep
+    # posting until the control thread has returned, and those may not be
+    offered_before_stop = shared.inbox.offered
+    shared.request_stop()
+    t0 = time.ticks_ms()
+    while not done["control"] and time.ticks_diff(time.ticks_ms(), t0) < 10000:
+        time.sleep_ms(10)
+    time.sleep_ms(200)  # the other threads see `done` and end
+    rec = shared.read()
+    print(json.dumps({"ticks": rec["tick_no"], "stopped": rec["stopped"], "mode": rec["mode"], "reason": rec["reason"],
+                      "applied": rec["actions_applied"], "offered": shared.inbox.offered,
+                      "offered_before_stop": offered_before_stop,
+                      "dropped": shared.inbox.dropped, "internal_errors": rec["internal_errors"],
+                      "control_returned": done["control"], "counts": counts, "bad": bad}))
+
+
+main()
