@@ -332,6 +332,17 @@ def test_umqtt_is_used_through_its_public_api_only(tmp_path, broker, umqtt):
     assert seen == [("api/up", b"hello")]
 
 
+def test_packets_waiting_for_their_puback_cost_no_heap_however_many(broker):
+    # 1000 results sent before any PUBACK is read: the client tracks the
+    # latest UNACKED_MAX ids in a fixed list (a dict of every id grew to
+    # 14 KB and ran a 256 KB heap out of memory in test_fuzz_commands)
+    b = broker()
+    res = run_mp("mqtt_unacked", b.port, 1000, heap="64k", timeout=30).json()
+    assert res["heap_growth_b"] < 512, res
+    assert res["unacked"] == 32 and res["last_awaiting"] and not res["first_awaiting"], res
+    assert res["waited_retired"] and res["unacked_after_drain"] == 0, res
+
+
 @pytest.mark.parametrize("after,timeout_s,step", [("nothing", 5, "connect"), ("connack", 2, "subscribe")])
 def test_a_broker_that_never_answers_costs_the_stream_timeout(after, timeout_s, step):
     # the cloud link opens its stream with 5 s: a hanging broker costs that

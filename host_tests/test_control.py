@@ -206,6 +206,19 @@ def test_telemetry_ring_leaves_no_garbage_in_the_control_thread_and_keeps_order(
                                           "wh_in": None, "wh_out": None}
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_tick_stats_are_the_order_statistics_of_the_last_ticks_and_copy_nothing(seed):
+    # counted in place (no 1 KB copy to sort, the allocation that failed in
+    # a fragmented heap): the same values a sort of the last 256 gives
+    got = run_mp("control_cases", "tick_stats", seed).json()
+    last = sorted(max(-(2**29 - 1), min(2**29 - 1, d)) for d in got["delays"][-256:])
+    n = len(last)
+    want = [last[n // 2] / 1000, last[min(n - 1, n * 99 // 100)] / 1000, last[-1] / 1000, n,
+            min(got["delays"]) / 1000, 200.0]
+    assert got["stats"] == pytest.approx(want), (got["stats"], want)
+    assert got["grown"] < 512, got  # the returned tuple and its floats (224 B here), no 1 KB copy
+
+
 def test_ticks_keep_their_period_while_the_other_thread_collects(tmp_path, broker, live_inverter, firmware):
     # The cloud thread collects garbage every few KB; on the unix port each
     # collection signals the control thread, which ends its sleep early. The

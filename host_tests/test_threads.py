@@ -47,3 +47,16 @@ def test_other_threads_reach_the_controller_only_through_its_shared_port():
         # tech.py may name cfg["vehicle"] (the config), not the session
         hits = [h for h in hits if h != ".vehicle" or name != "tech.py"]
         assert not hits, (name, hits)
+
+
+def test_the_control_thread_never_imports_after_boot():
+    # an import writes sys.modules, a dict the other core may be reading
+    # (the RP2040 port has no GIL): the modules the control loop runs
+    # import everything at the top, when boot loads them; code the REPL
+    # wants run there comes with its action (tech.read -> read_point)
+    late = re.compile(r"^[ \t]+(import \w|from [\w.]+ import )", re.M)
+    for name in ("control.py", "guard.py", "plan.py", "settings.py", "meas.py", "southbound.py", "shared.py",
+                 "kernel.py", "sunspec.py", "modbus.py", "chademo.py", "vehicle.py", "log.py"):
+        text = (ROOT / "firmware" / "v2g" / name).read_text()
+        hits = [m.group(0).strip() for m in late.finditer(text)]
+        assert not hits, (name, hits)

@@ -247,11 +247,17 @@ def main(argv=None):
         log.event("cloud_stopped", {"control": "running", "hint": "import tech; tech.status()"})
         return app
     app.shutdown()
+    # the summary needs a few small blocks: the session's are free now (a
+    # day with TLS leaves the heap fragmented), and one copy of the record
+    # serves both its parts
+    gc.collect()
     try:
+        from v2g.shared import state_of
+
         shared = app.shared
         st = shared.status.tick_stats()
         rec = shared.read()
-        fields = shared.state()
+        fields = state_of(rec)
         if st:
             fields["tick_delay_ms"] = {"p50": st[0], "p99": st[1], "max": st[2], "ticks": st[3], "min": st[4],
                                        "min_interval": st[5], "period": ctrl.period_ms / clock.warp}

@@ -189,7 +189,7 @@ class CloudLink:
         # results not yet acknowledged (e.g. sent before a reconnect)
         keep = []
         for pid, payload in self.results:
-            if pid not in c.inflight:
+            if pid is None or not c.awaiting(pid):
                 if pid is not None:
                     continue  # acknowledged
                 pid = c.publish(self.t_result, payload, False, 1, False)
@@ -319,3 +319,4 @@ class CloudLink:
                 pass
         self.outbox.flush()
         self.connected = False
+        self.client = None  # its stream and TLS session go back to the heap

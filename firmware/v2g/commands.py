@@ -1,6 +1,13 @@
 # Signed remote commands (CONTRACT section 4): verify, check, persist, hand
 # over to the control loop. Runs in the cloud thread.
 #
+# One thread owns a Commands object and its files (cmd_seq.json,
+# settings.json): the main thread, which runs the cloud link and, on a
+# board, the REPL once Ctrl-C has stopped that link (tech.factory_reset ->
+# forget(); tech.cloud() runs the link on this same thread again). The
+# control thread never touches it: what it changes reaches the loop through
+# the inbox.
+#
 # Order of checks: size -> JSON envelope (nesting, keys) -> signature -> body
 # fields (no key twice, seq bounded) -> replay (seq) -> op -> clock set /
 # expiry -> args -> room in the control loop's inbox. A rejected command changes nothing;

@@ -13,6 +13,8 @@
 # and each Modbus transaction is bounded (timeout x retries), so a dead link
 # costs one bounded stall and then fault mode. Nothing here touches the
 # network.
+import io
+import sys
 import time
 
 from micropython import const
@@ -24,7 +26,7 @@ from v2g.guard import FAULT, RUN, STATE_NAMES, Guard
 from v2g.meas import Meas
 from v2g.plan import Plan
 from v2g.settings import USER_MODES, Settings
-from v2g.shared import Shared
+from v2g.shared import Shared, state_of
 from v2g.southbound import MAX_TXNS_PER_TICK, Southbound, worst_txn_ms
 
 _SOC_REPLAN_CPCT = const(100)  # replan early when SoC drifted 1 % from the plan's basis
@@ -47,9 +49,6 @@ def _pct(cpct):
 
 def where(e):
     """The innermost frames of a traceback, for the event log."""
-    import io
-    import sys
-
     buf = io.StringIO()
     sys.print_exception(e, buf)
     lines = [ln.strip() for ln in buf.getvalue().split("\n") if ln.strip().startswith("File")]
@@ -191,11 +190,12 @@ class Controller:
             self.guard.resume()
         elif op == "read_point":
             # the REPL's read("701.W"): the bus belongs to this thread
+            # (its code comes with the action, imported by the REPL's
+            # thread: this thread never imports, since an import writes
+            # sys.modules, which the other core may be reading)
             if not self.inv.ready:
                 raise OSError("inverter link down")
-            from v2g.sunspec_points import read_point
-
-            return read_point(self.inv, action[1])
+            return action[1](self.inv, action[2])
         elif op == "stop":
             self._begin_stop()
         else:
@@ -380,8 +380,6 @@ class Controller:
     def _tell_changes(self, mode_changed):
         # after _publish: the mode event carries the record just published
         if mode_changed:
-            from v2g.shared import state_of
-
             self._event("mode", state_of(self.shared.status.d))
         g = self.guard
         if g.fault_seq != self._fault_seq:

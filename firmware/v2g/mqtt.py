@@ -43,6 +43,12 @@ from umqtt.simple import MQTTClient
 _DISCARD_CHUNK = const(256)
 PKT_MIN = const(512)  # a telemetry record or state fits; grown for more
 _ETIMEDOUT = const(110)
+# QoS 1 packet ids tracked until their PUBACK: the latest this many. More
+# than the cloud link keeps results to re-send (16), so an id it still asks
+# about is never one forgotten; a fixed list, because a flood of commands
+# answered faster than the PUBACKs come back (they queue behind the
+# commands in the stream) grew a dict to 900 ids and 14 KB (MemoryError).
+UNACKED_MAX = const(32)
 
 
 class TlsError(OSError):
@@ -181,10 +187,21 @@ class Client(MQTTClient):
         self._suback = 0  # the last SUBACK: pid << 8 | return code
         self.last_rx_ms = time.ticks_ms()
         self.last_tx_ms = self.last_rx_ms
-        self.inflight = {}  # pid -> True until its PUBACK
+        self._unacked = [0] * UNACKED_MAX  # packet ids without PUBACK; 0: free
+        self._unacked_i = 0  # the slot the next id takes (the oldest)
+        self._wait_pid = 0  # the one publish(wait=True) waits for: never pushed out
         # one packet buffer, not a fresh one per publish (several a second):
         # that fragments a small heap. The caller may lend one made at boot.
         self._pkt = bytearray(PKT_MIN) if pkt is None else pkt
+
+    def awaiting(self, pid):
+        """Whether QoS 1 packet pid is still waiting for its PUBACK (False
+        once retired, or once UNACKED_MAX later ones pushed it out)."""
+        return pid != 0 and (pid == self._wait_pid or pid in self._unacked)
+
+    def unacked(self):
+        """-> how many tracked QoS 1 packets wait for their PUBACK."""
+        return UNACKED_MAX - self._unacked.count(0) + (1 if self._wait_pid else 0)
 
     def set_last_will(self, topic, msg, retain=False, qos=0):
         MQTTClient.set_last_will(self, topic, msg, retain, qos)
@@ -307,7 +324,12 @@ class Client(MQTTClient):
             b = self._take(3)
             if b[0] != 2:
                 raise OSError(-2)
-            self.inflight.pop((b[1] << 8) | b[2], None)
+            u = self._unacked
+            pid = (b[1] << 8) | b[2]
+            if pid == self._wait_pid:
+                self._wait_pid = 0
+            elif pid and pid in u:
+                u[u.index(pid)] = 0
             return None
         sz = sh = 0
         while True:  # remaining length
@@ -375,7 +397,11 @@ class Client(MQTTClient):
             pkt[i] = pid >> 8
             pkt[i + 1] = pid & 0xFF
             i += 2
-            self.inflight[pid] = True
+            if wait:
+                self._wait_pid = pid
+            else:
+                self._unacked[self._unacked_i] = pid
+                self._unacked_i = (self._unacked_i + 1) % UNACKED_MAX
         pkt[i : i + len(msg)] = msg
         self.sock.write(pkt, i + len(msg))
         self.last_tx_ms = time.ticks_ms()
@@ -383,7 +409,7 @@ class Client(MQTTClient):
             # a broker that sends other packets but never this PUBACK must
             # not keep us here: the stream's timeout bounds the whole wait
             deadline = time.ticks_add(self.last_tx_ms, self.sock.timeout_s * 1000)
-            while pid in self.inflight:
+            while self.awaiting(pid):
                 if time.ticks_diff(time.ticks_ms(), deadline) >= 0:
                     raise OSError(_ETIMEDOUT)  # the session is gone
                 self.wait_msg()

@@ -122,7 +122,9 @@ def faults():
 
 def read(point):
     """A SunSpec point by name with its unit, e.g. read("701.W")."""
-    value, units = _ask("read_point", point)
+    from v2g.sunspec_points import read_point
+
+    value, units = _ask("read_point", read_point, point)
     print("%s = %s %s" % (point, "not implemented" if value is None else value, units))
     return value
 

@@ -8,7 +8,7 @@ import cases
 from v2g import config, log
 from v2g.clock import FW_EPOCH_UNIX, Clock
 from v2g.control import Controller
-from v2g.shared import SampleRing
+from v2g.shared import SampleRing, StatusRecord
 
 log.quiet = True
 
@@ -87,6 +87,31 @@ def telemetry_ring():
     print(json.dumps({"dropped": r.dropped, "recs": recs, "grown": grown}))
     r.put(None, None, None, None, None, None)
     return r.pop()
+
+
+def tick_stats(seed):
+    # -> {"delays": what was noted, "stats": tick_stats(), "grown": bytes}:
+    # 300 delays (the 256-slot ring wraps), negative ones and one beyond
+    # the clamp among them; the host checks the order statistics
+    import random
+
+    random.seed(int(seed))
+    rec = StatusRecord()
+    delays = []
+    i = 0
+    while i < 300:
+        d = random.getrandbits(16) - 20000
+        if i == 290:
+            d = 10**10  # clamped to 2**29 - 1 us
+        rec.note_delay(d, i * 200000)
+        delays.append(d)
+        i += 1
+    rec.tick_stats()  # anything done once on first use
+    gc.collect()
+    before = gc.mem_alloc()
+    st = rec.tick_stats()
+    grown = gc.mem_alloc() - before
+    return {"delays": delays, "stats": st, "grown": grown}
 
 
 cases.main(globals())

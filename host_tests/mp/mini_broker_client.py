@@ -23,4 +23,4 @@ end = time.ticks_add(time.ticks_ms(), 5000)
 while not got and time.ticks_diff(end, time.ticks_ms()) > 0:
     c.check_msg()
     time.sleep_ms(5)
-print(json.dumps({"present": present, "got": got, "inflight": len(c.inflight), "pid": pid}))
+print(json.dumps({"present": present, "got": got, "inflight": c.unacked(), "pid": pid}))

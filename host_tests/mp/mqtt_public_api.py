@@ -75,12 +75,12 @@ def session(port, res):
     c.subscribe(b"api/cmd/#", 1)  # retained there: a small and a large message
     res["subscribe_writes"] = s.writes - n
     c.publish(b"api/status", b"online", True, 1)  # returns after its PUBACK
-    res["inflight_after_wait"] = len(c.inflight)
+    res["inflight_after_wait"] = c.unacked()
     n = s.writes
     pid = c.publish(b"api/up", b"hello", False, 1, False)
     res["publish_writes"] = s.writes - n
-    res["inflight_before_ack"] = pid in c.inflight
-    res["retired"] = until(c, lambda: not c.inflight)
+    res["inflight_before_ack"] = c.awaiting(pid)
+    res["retired"] = until(c, lambda: not c.unacked())
     until(c, lambda: len(got) >= 2)
     res["got"] = sorted(got)
     t_ping = time.ticks_ms()

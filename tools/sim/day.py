@@ -177,9 +177,12 @@ def _day(args, out, run_dir):
     cfg.setdefault("store", {})["dir"] = str(run_dir.data)
     # The inverter's reversion timer runs in simulated time; at x1000 a 10 s
     # timer is 10 ms of wall time, less than a scheduling hiccup. Stretch it
-    # to at least 0.2 s of wall time so only a real silence trips it.
+    # to at least 0.5 s of wall time so only a real silence trips it (0.2 s
+    # tripped about one day in ten on a loaded 2-core CI machine, with the
+    # host, not the firmware, holding the process; the report's
+    # max_setpoint_gap_real_ms shows the worst gap of each run).
     revert_s = cfg["inverter"].get("revert_s", 10)
-    cfg["inverter"]["revert_s"] = max(revert_s, int(0.2 * warp) + 1)
+    cfg["inverter"]["revert_s"] = max(revert_s, int(0.5 * warp) + 1)
     cfg_path = out / "site.json"
     cfg_path.write_text(json.dumps(cfg, indent=2))
     grid = Grid(site["tariff"]["periods"], nominal_hz=nominal, utc_offset_min=offset)
