@@ -220,6 +220,10 @@ def _day(args, out, run_dir):
                     next_hour += 3600
             time.sleep(0.004)
     finally:
+        # the reversions so far: the firmware's stop takes longer than the
+        # stretched reversion window, after which the inverter reverts to
+        # 0 W by design (the controller is gone)
+        at_stop = inverter.state() or {}
         rc = firmware.stop()
         inverter.stop()
         cloud.stop()
@@ -233,7 +237,8 @@ def _day(args, out, run_dir):
         samples.append(dict(final, mode=None, reason=None))
     wall_s = time.time() - t_wall0
     rep = reportmod.build(site, samples, firmware.events(), grid, start_s, end_s, events,
-                          warp=warp, wall_s=wall_s, firmware_rc=rc, cloud=seen)
+                          warp=warp, wall_s=wall_s, firmware_rc=rc, cloud=seen,
+                          reversions_running=at_stop.get("reversions"))
     if vehicle_report is not None:
         rep["vehicle"] = {k: vehicle_report.get(k) for k in ("sent", "received", "counts", "undecodable")
                           if k in vehicle_report}
