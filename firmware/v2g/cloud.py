@@ -189,7 +189,7 @@ class CloudLink:
         # results not yet acknowledged (e.g. sent before a reconnect)
         keep = []
         for pid, payload in self.results:
-            if pid is None or not c.awaiting(pid):
+            if not c.awaiting(pid):  # None (re-send) is never awaited
                 if pid is not None:
                     continue  # acknowledged
                 pid = c.publish(self.t_result, payload, False, 1, False)

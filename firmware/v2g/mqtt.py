@@ -196,7 +196,7 @@ class Client(MQTTClient):
 
     def awaiting(self, pid):
         """Whether QoS 1 packet pid is still waiting for its PUBACK (False
-        once retired, or once UNACKED_MAX later ones pushed it out)."""
+        once retired, once UNACKED_MAX later ones pushed it out, or for None)."""
         return pid != 0 and (pid == self._wait_pid or pid in self._unacked)
 
     def unacked(self):

@@ -336,6 +336,3 @@ class Shared:
 
     def read(self, into=None):
         return self.status.read(into)
-
-    def state(self):
-        return state_of(self.status.read())

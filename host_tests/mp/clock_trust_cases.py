@@ -6,6 +6,7 @@ from dead_inverter import DeadInverter
 from v2g import config, log
 from v2g.clock import Clock
 from v2g.control import Controller
+from v2g.shared import state_of
 
 log.quiet = True
 
@@ -58,7 +59,7 @@ def _evs(c, kind):
 
 def _snapshot(c):
     c._publish()
-    return c.shared.state()
+    return state_of(c.shared.read())
 
 
 def unset_clock(y2000):
