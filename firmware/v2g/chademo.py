@@ -639,6 +639,10 @@ class ChademoSession(VehicleSession):
             self._clear()  # the session is over: forget the car
         elif old == IDLE:
             self.sessions += 1
+        if new == FAULT or new == STOPPED:
+            # the car must see the end now, not up to a cycle later: the
+            # controller may stop ticking (shutdown) as soon as it is over
+            self._next_tx_ms = None
         if new == FAULT:
             self.fault = why
         elif new == STOPPING:
