@@ -66,7 +66,7 @@ def load(path, boards_dir):
     return cfg, board
 
 
-def build(cfg, board, clock):
+def build(cfg, board, clock, shared=None):
     from v2g import board as boardmod
     from v2g.control import Controller
     from v2g.modbus import RtuMaster
@@ -77,7 +77,7 @@ def build(cfg, board, clock):
     master = RtuMaster(stream, inv_cfg["unit"], timeout_ms=inv_cfg["timeout_ms"],
                        retries=inv_cfg["retries"], baud=baud)
     inverter = SunSpecInverter(master, inv_cfg["base_addr"], inv_cfg["revert_s"])
-    return Controller(cfg, clock, inverter, build_vehicle(cfg, board))
+    return Controller(cfg, clock, inverter, build_vehicle(cfg, board), shared)
 
 
 def build_vehicle(cfg, board):
@@ -108,7 +108,9 @@ def _tls_context(tls):
 
 
 class App:
-    def __init__(self, cfg, board, clock, config_path="config.json"):
+    def __init__(self, cfg, board, clock, config_path="config.json", shared=None, rec=None):
+        """shared, rec: the threads' port and the cloud link's copy of its
+        record, made by main() before the config (made here if None)."""
         from v2g.cloud import CloudLink
         from v2g.commands import Commands
         from v2g.outbox import Outbox
@@ -120,13 +122,13 @@ class App:
         self.config_path = config_path
         tls_ctx = _tls_context(cfg["mqtt"]["tls"])  # first: its 3 KB in one piece
         store_dir = open_store(cfg, board)  # this device's, before anything in it is read
-        self.ctrl = build(cfg, board, clock)
+        self.ctrl = build(cfg, board, clock, shared)
         self.ctrl.apply_settings(JsonFile(store_dir + "/settings.json", {}).load())
         self.outbox = Outbox(store_dir, cfg["mqtt"]["outbox_records"])
         # the other threads get the control loop's shared port, never the loop
         self.shared = self.ctrl.shared
         self.commands = Commands(cfg, clock, store_dir, self.shared)
-        self.cloud = CloudLink(cfg, clock, self.shared, self.outbox, self.commands, tls_ctx)
+        self.cloud = CloudLink(cfg, clock, self.shared, self.outbox, self.commands, tls_ctx, rec)
         # SNTP: on a board at every boot (and for RTC drift), on the unix
         # port only if the OS clock is unset
         if sys.platform in ("esp32", "rp2") or not clock.trusted():
@@ -209,9 +211,15 @@ def main(argv=None):
     if argv is None:
         argv = sys.argv[1:]
     path, boards = _args(argv)
-    from v2g.shared import early_buffers
+    from v2g.shared import Shared, early_buffers
 
     early_buffers()
+    # the threads' port (its rings, mailboxes and status record) and the
+    # cloud link's copy of the record before anything else, while the heap
+    # is whole: each record is one 750-byte table on a 64-bit port, and
+    # after the validator's garbage a 100 KB heap had no hole that size
+    shared = Shared()
+    rec = shared.read()
     # The control loop's modules before the config (the order boot had
     # before they were split out of control.py): their objects, kept for the
     # whole run, pack at the heap's start next to the rings, and the
@@ -225,7 +233,7 @@ def main(argv=None):
         return None
     clock = clockmod.from_env()
     log.set_clock(clock)
-    app = App(cfg, board, clock, path)
+    app = App(cfg, board, clock, path, shared, rec)
     current = app
     import gc
 
@@ -248,15 +256,16 @@ def main(argv=None):
         return app
     app.shutdown()
     # the summary needs a few small blocks: the session's are free now (a
-    # day with TLS leaves the heap fragmented), and one copy of the record
-    # serves both its parts
+    # day with TLS leaves the heap fragmented), and the record is read into
+    # the cloud link's copy (its thread, this one, is done with it): a new
+    # 750-byte copy was the allocation that failed in a 104 KB heap
     gc.collect()
     try:
         from v2g.shared import state_of
 
         shared = app.shared
         st = shared.status.tick_stats()
-        rec = shared.read()
+        rec = shared.read(app.cloud.rec)
         fields = state_of(rec)
         if st:
             fields["tick_delay_ms"] = {"p50": st[0], "p99": st[1], "max": st[2], "ticks": st[3], "min": st[4],

@@ -40,12 +40,14 @@ def _rand_below(n):
 
 
 class CloudLink:
-    def __init__(self, cfg, clock, shared, outbox, commands, tls_ctx=None):
+    def __init__(self, cfg, clock, shared, outbox, commands, tls_ctx=None, rec=None):
+        """rec: a copy of the status record (shared.read()) made at boot
+        before the config, for this thread to refill; else one is made."""
         m = cfg["mqtt"]
         self.cfg = cfg
         self.clock = clock
         self.shared = shared  # the control loop's port (v2g.shared): all this thread sees of it
-        self._rec = shared.read()  # this thread's copy of the status record, made at boot, refilled in place
+        self.rec = shared.read(rec)  # this thread's copy of the status record, refilled in place
         self.outbox = outbox
         self.commands = commands
         self.host, self.port = m["host"], m["port"]
@@ -205,7 +207,7 @@ class CloudLink:
         seq = st.field("mode_seq")
         if (due or self.state_seq != seq or self.last_state_ms is None
                 or time.ticks_diff(now, self.last_state_ms) >= _STATE_EVERY_MS):
-            rec = st.read(self._rec)  # one tick's values, in this thread's copy
+            rec = st.read(self.rec)  # one tick's values, in this thread's copy
             self.state_seq = rec["mode_seq"]
             if due:
                 self.state_after = None

@@ -67,7 +67,7 @@ def stop_wait_ms(cfg):
 
 
 class Controller:
-    def __init__(self, cfg, clock, inverter, vehicle=None):
+    def __init__(self, cfg, clock, inverter, vehicle=None, shared=None):
         # --- config: read-only after start-up
         self.cfg = cfg
         self.clock = clock
@@ -119,7 +119,9 @@ class Controller:
         self._fault_log_seq = 0
 
         # --- shared with the other threads: the only thing they touch
-        self.shared = Shared()
+        # (made by the caller at boot before the config, while the heap is
+        # whole: its 38-field record is one 750-byte block on a 64-bit port)
+        self.shared = Shared() if shared is None else shared
         self._follow_time(clock.ticks_ms())  # a saved dispatch is checked against it
         self._publish()
 
