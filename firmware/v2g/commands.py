@@ -74,7 +74,7 @@ class Commands:
         self.cid = None  # the id of the command being handled, once known
         # the settings as they will be once every accepted command is
         # applied, in settings.json's form; the one place commands check against
-        f = shared.status.field  # three fields, no 750-byte copy of the record at boot
+        f = shared.status.field  # four fields, no 750-byte copy of the record at boot
         self.will = {"reserve_pct": f("reserve_cpct") / 100, "departure": [f("dep_min"), f("dep_cpct") / 100],
                      "mode": f("user_mode")}
 
