@@ -88,6 +88,40 @@ def test_dispatch_sets_wset_sign_and_state(site):
     assert s.inv.inv.ev_w == pytest.approx(-4000, abs=5)
 
 
+def test_the_car_leaves_and_comes_back_with_less_energy(site):
+    """CONTRACT section 8: with no car (713 SoC not implemented) the state is
+    idle / vehicle_absent, plugged false, no fault and no stream of events;
+    the car back is planned for at once from the SoC it brings."""
+    s = site(soc_pct=60)
+    assert s.cloud.wait(lambda c: [x for x in c.json("state") if x["reason"] == "peak_export"], timeout=15)
+    assert s.cloud.json("state")[-1]["plugged"] is True
+    inv = s.inv.inv
+
+    def leave():
+        inv.plugged = False
+
+    s.inv.call(leave)
+    st = s.cloud.wait(lambda c: [x for x in c.json("state") if x["reason"] == "vehicle_absent"], timeout=10)[-1]
+    assert st["mode"] == "idle" and st["plugged"] is False and st["fault"] is None
+    assert st["soc_pct"] is None
+    n_states, n_events = len(s.cloud.json("state")), len(s.cloud.json("event"))
+    time.sleep(3)
+    # away: 0 W asked of the stage, nothing but the periodic state
+    assert inv.map.get(704, "WSet") in (0, None) and inv.ev_w == 0
+    assert len(s.cloud.json("event")) == n_events
+    assert all(x["reason"] == "vehicle_absent" for x in s.cloud.json("state")[n_states:])
+
+    def back():
+        inv.battery.stored_wh = inv.battery.capacity_wh * 0.45  # 15 % used on the trip
+        inv.plugged = True
+
+    s.inv.call(back)
+    st = s.cloud.wait(lambda c: [x for x in c.json("state")[n_states:] if x["reason"] == "peak_export"], timeout=15)
+    assert st[-1]["plugged"] is True and st[-1]["soc_pct"] == pytest.approx(45, abs=1)
+    faults = [e for e in s.cloud.json("event") if e["ev"].startswith("fault")]
+    assert faults == []
+
+
 def test_dispatch_below_reserve_is_limited_and_reserve_holds(site):
     # x60: the 1.5 % above the reserve (900 Wh) go in ~8 s of wall time at 7 kW
     s = site(warp=60.0, soc_pct=31.5)

@@ -108,6 +108,13 @@ BAD = [
     (set_path("vehicle", {"driver": "chademo"}), "vehicle.link", "required when"),
     (set_path("vehicle", {"driver": "chademo", "link": "vcan0"}), "vehicle.link", "slcan"),
     (set_path("battery", "big"), "battery", "must be an object"),
+    (set_path("battery.chemistry", "lead"), "battery.chemistry", 'one of "lfp", "nmc"'),
+    (set_path("departure.schedule", {"monday": "07:30"}), "departure.schedule.monday", "not a day: use mon, tue"),
+    (set_path("departure.schedule", {"sat": "7:30"}), "departure.schedule.sat", "HH:MM"),
+    (set_path("departure.schedule", {"sun": 730}), "departure.schedule.sun", "HH:MM"),
+    (set_path("departure.schedule", {"fri": "08:60"}), "departure.schedule.fri", "MM 00-59"),
+    (set_path("departure.schedule", ["07:30"]), "departure.schedule", "must be an object"),
+    (set_path("departure.week_min", [450] * 7), "departure.week_min", "unknown key"),
 ]
 
 
@@ -146,7 +153,18 @@ def test_wrapping_and_split_tariffs_are_accepted(tmp_path):
 
 def test_defaults_are_filled():
     res = run_mp("config_cases", "defaults")
-    assert res.json() == [200, 10, "home-charger-01", "none", 23 * 60, 7 * 60 + 30]
+    assert res.json() == [200, 10, "home-charger-01", "none", 23 * 60, 7 * 60 + 30, None, "lfp"]
+
+
+def test_weekly_schedule_is_parsed_once_monday_first(tmp_path):
+    path = tmp_path / "schedules.json"
+    path.write_text(json.dumps([
+        mutate(set_path("departure.schedule", {"mon": "06:45", "sat": None, "sun": "10:00"})),
+        mutate(set_path("departure.schedule", {})),
+    ]))
+    got = run_mp("config_cases", "week_mins", path).json()
+    # -1: the day follows departure.time (and a set_departure command)
+    assert got == [[6 * 60 + 45, -1, -1, -1, -1, None, 600], [-1] * 7]
 
 
 def run_firmware(config_path, timeout=20):
@@ -160,6 +178,7 @@ def run_firmware(config_path, timeout=20):
     (set_path("limits.charge_kw", 7), "config error: limits.charge_kw: unknown key"),
     (set_path("board", "esp8266"), 'config error: board: no board config "esp8266"'),
     (set_path("inverter.link", "uart"), 'config error: inverter.link: board "unix_sim" has no RS-485 UART'),
+    (set_path("departure.schedule", {"fri": "25:00"}), 'config error: departure.schedule.fri: must be "HH:MM" with HH 00-23'),
 ])
 def test_make_run_with_bad_config_exits_2_with_one_line(tmp_path, mut, expect):
     """The inverter at the configured address must see no traffic at all."""

@@ -50,6 +50,15 @@ TABLE = {
     "pause -> hold": ([dict(s(), cmd=["pause"])], ("hold", "paused", None, 0, 0)),
     "resume -> run": ([dict(s(), cmd=["pause"]), dict(s(), cmd=["resume"])], ("run", None, None, -7000, 7000)),
     "SoC not implemented -> hold": ([s(soc_cpct=None)], ("hold", "soc_unknown", None, 0, 0)),
+    "no car (713 SoC not implemented) -> vehicle_absent": (
+        [s(soc_cpct=None, plugged=False)], ("hold", "vehicle_absent", None, 0, 0)),
+    "the car comes back -> run": (
+        [s(soc_cpct=None, plugged=False), s(soc_cpct=4000, plugged=True)], ("run", None, None, -7000, 7000)),
+    "link lost beats no car": ([s(link=False, plugged=False)], ("fault", "link_lost", "link_lost", 0, 0)),
+    "pause beats no car": ([dict(s(plugged=False), cmd=["pause"])], ("hold", "paused", None, 0, 0)),
+    "CHAdeMO car gone -> vehicle_absent, not a hold on its state": (
+        [dict(s(plugged=False), vehicle={"plugged": False, "must_stop": True, "state": "idle"})],
+        ("hold", "vehicle_absent", None, 0, 0)),
     "SoC out of range -> hold": ([s(soc_cpct=10500)], ("hold", "soc_unknown", None, 0, 0)),
     "stale data -> hold after stale_periods": (
         [s()] + [{"fresh": False}] * 6, ("hold", "soc_unknown", None, 0, 0)),
@@ -115,6 +124,16 @@ def test_transition(outcomes, name):
         assert 0 < last[4] < 7000, last
     else:
         assert last[4] == hi, last
+
+
+def test_no_car_is_published_as_idle_not_hold(outcomes):
+    # CONTRACT section 8: idle / vehicle_absent, no fault; a car on the
+    # connector whose SoC is unknown is still a hold
+    for name in ("no car (713 SoC not implemented) -> vehicle_absent",
+                 "CHAdeMO car gone -> vehicle_absent, not a hold on its state"):
+        assert outcomes[name][-1][7:] == ["idle", "vehicle_absent"], name
+    assert outcomes["SoC not implemented -> hold"][-1][7:] == ["hold", "soc_unknown"]
+    assert outcomes["the car comes back -> run"][-1][7:] == ["idle", "plan_idle"]
 
 
 def test_fault_log_records_raise_and_clear():

@@ -136,3 +136,53 @@ def test_small_powers_respect_min_w(tmp_path):
     (r,) = plans(tmp_path, [(cfg, 40.6, T0 + 18 * 3600)])
     assert any(d > 0 for *_, d, _ in r["segs"])
     assert r["req"][:2] == [0, "plan_idle"]
+
+
+# T0 is a Thursday, local time (2026-01-01)
+THU, FRI, SAT, SUN, MON = (T0 + d * 86400 for d in range(5))
+
+
+def weekly(schedule, time="07:30"):
+    cfg = copy.deepcopy(CFG)
+    cfg["departure"]["time"] = time
+    cfg["departure"]["schedule"] = schedule
+    return cfg
+
+
+def test_weekly_schedule_picks_each_days_own_time_and_skips_days_off(tmp_path):
+    cfg = weekly({"fri": "09:15", "sat": None, "sun": None})
+    cases = [(cfg, 50, THU + 20 * 3600),  # Thursday evening -> Friday's own 09:15
+             (cfg, 50, FRI + 10 * 3600),  # Friday after it -> Monday (days off skipped), departure.time
+             (cfg, 50, SUN + 20 * 3600),  # Sunday evening -> Monday 07:30, 11.5 h away
+             (cfg, 50, FRI + 9 * 3600 + 15 * 60)]  # the departure minute itself counts
+    r = plans(tmp_path, cases)
+    assert [hours_local(x["dep"]) for x in r] == [24 + 9.25, 96 + 7.5, 96 + 7.5, 24 + 9.25]
+    # Sunday evening plans for Monday as on any weekday: the valley charge to the target
+    sun = r[2]
+    assert hours_local(sun["segs"][-1][1]) == 96 + 7.0
+    assert soc_path(cfg, 50, sun["segs"])[-1] >= 80
+    assert all(imp == 0.31 for _, _, imp, _, c, _, _ in sun["segs"] if c > 0)
+    assert sun["req"][1] == "peak_export"  # 20:00 is in the evening peak, as on a weekday
+
+
+def test_a_departure_days_away_plans_36_hours_without_a_departure_charge(tmp_path):
+    cfg = weekly({"sat": None, "sun": None})
+    # Friday 09:00 after the departure at the reserve: Monday is 70 h away
+    (r,) = plans(tmp_path, [(cfg, 30, FRI + 9 * 3600)])
+    segs = r["segs"]
+    assert hours_local(r["dep"]) == 96 + 7.5
+    assert segs[-1][1] - segs[0][0] == 36 * 3600  # the horizon, not the 70 h
+    assert all(why != "departure_charge" for *_, why in segs)
+    assert min(soc_path(cfg, 30, segs)) >= 30 - 1e-6
+    # the owner is told why nothing happens now (09:00-10:00 is not a valley)
+    assert r["req"] == [0, "departure_days_away", None]
+    # arbitrage still works: the Friday night valley refills what Saturday's peak exports
+    assert any(why == "cheap_charge" for *_, why in segs) and any(d > 0 for *_, d, _ in segs)
+
+
+def test_no_departure_in_the_week_says_so(tmp_path):
+    cfg = weekly({d: None for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")})
+    (r,) = plans(tmp_path, [(cfg, 30, THU + 9 * 3600)])
+    assert r["dep"] is None
+    assert r["segs"][-1][1] - r["segs"][0][0] == 36 * 3600
+    assert r["req"] == [0, "no_departure_scheduled", None]

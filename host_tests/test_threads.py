@@ -27,6 +27,7 @@ def test_a_short_soak_finds_every_snapshot_whole_and_every_action_applied(tmp_pa
     assert c["exceptions"] == 0
     assert out["ticks"] >= 8 * 1000 / 50 * 0.8, out  # the loop kept its period under the load
     assert c["snapshots"] > 10 * out["ticks"], c  # many reads per tick: a torn one would show
+    assert c["absent"] > 0, c  # the car went away (15 % of the ticks) and the records said so
     assert c["asked"] > 50 and c["answered"] >= c["asked"] - 2, c
     assert c["posted"] > 50 and out["dropped"] == 0
     # everything queued was applied, but for what the posters sent after the last tick

@@ -12,6 +12,10 @@
 #   inverter.link_parsed  ("uart",) | ("tcp", HOST, PORT)
 #   vehicle.link_parsed   None (no vehicle.link) | ("can",) |
 #                         ("slcan_pty", PATH) | ("slcan_tcp", HOST, PORT)
+# and, the same way, the weekly departures (CONTRACT section 8):
+#   departure.week_min    None (no departure.schedule) | 7 entries, Monday
+#                         first: a minute of the local day, None (no
+#                         departure that day) or -1 (departure.time)
 # HOST is a str, PORT an int in 1..65535. A raw config that has a
 # "link_parsed" key is refused like any unknown key.
 
@@ -86,6 +90,27 @@ def hhmm_to_min(path, v):
         return _hhmm(v)
     except ValueError as e:
         raise ConfigError(path, str(e))
+
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def _schedule(path, v):
+    # {"mon": "07:30", ..., "sun": null} -> departure.week_min (see top)
+    if not isinstance(v, dict):
+        raise ConfigError(path, 'must be an object like {"mon": "07:30", "sat": null}')
+    for k in v:
+        if k not in DAYS:
+            raise ConfigError(path + "." + k, "not a day: use " + ", ".join(DAYS))
+    out = []
+    for k in DAYS:
+        if k not in v:
+            out.append(-1)
+        elif v[k] is None:
+            out.append(None)
+        else:
+            out.append(hhmm_to_min(path + "." + k, v[k]))
+    return tuple(out)
 
 
 def _device_id(path, v):
@@ -300,6 +325,7 @@ SCHEMA = {
         "charge_eff": (_rng(_num, 0.5, 1), 0.93),
         "discharge_eff": (_rng(_num, 0.5, 1), 0.93),
         "wear_cost_per_kwh": (_rng(_num, 0, 1000), 0.0),
+        "chemistry": (_choice("lfp", "nmc"), "lfp"),
     },
     "limits": {
         "charge_w": (_rng(_int, 1, _MAX_W), REQUIRED),
@@ -321,6 +347,7 @@ SCHEMA = {
         "time": (hhmm_to_min, REQUIRED),
         "soc_pct": (_pct, REQUIRED),
         "buffer_min": (_rng(_int, 0, 240), 30),
+        "schedule": (_schedule, None, "week_min"),
     },
     "tariff": {
         "periods": (_periods, REQUIRED),

@@ -105,6 +105,7 @@ class Controller:
         self.vehicle_stop = None  # why the charger ended the car's session, or None
         self.dep_due_s = None  # fw_s of the next departure (the session ends then)
         self.departed = False  # the departure passed with a car plugged in
+        self.plugged = None  # meas.plugged at the last tick
         self.stopping_ms = None  # real ms by which a clean stop ends the car's session
         self.error_tick = -1  # the last tick that raised
         self.actions_applied = 0
@@ -244,6 +245,7 @@ class Controller:
         """The car's SoC is the one the guard protects (CONTRACT section 7);
         the inverter's 713 SoC stays in inv_soc_cpct as a cross-check."""
         m = self.meas
+        m.plugged = v.plugged
         m.soc_cpct = v.soc_cpct
         m.soc_res_cpct = v.soc_res_cpct
         age = v.soc_age_ms
@@ -255,13 +257,22 @@ class Controller:
         # ends (the connector unlocks) until that car has gone.
         if now_s is not None:
             if self.dep_due_s is None:
-                self.dep_due_s = self.plan.next_departure(now_s + 60)
+                self.dep_due_s = self._next_dep(now_s)
             elif now_s >= self.dep_due_s:
-                self.dep_due_s = self.plan.next_departure(now_s + 60)
-                self.departed = v.plugged
+                # a real departure, not _next_dep's look a day later
+                passed = self.plan.next_departure(self.dep_due_s) == self.dep_due_s
+                self.dep_due_s = self._next_dep(now_s)
+                self.departed = v.plugged and passed
         if self.departed and not v.plugged:
             self.departed = False
         return self.departed
+
+    def _next_dep(self, now_s):
+        # the next departure after this minute; with none in the schedule's
+        # week, look again in a day (a new departure setting or a clock
+        # step clears dep_due_s at once)
+        d = self.plan.next_departure(now_s + 60)
+        return now_s + 86400 if d is None else d
 
     def _vehicle_stop_reason(self, now_s, v):
         """Why the charger should end the car's session now, or None. The
@@ -341,6 +352,11 @@ class Controller:
         v = self.vehicle
         if v is not None:
             self._vehicle_tick(now_s, v)
+        if m.plugged != self.plugged:
+            # a car that just arrived is planned for at once, from the SoC
+            # it arrives with (CONTRACT section 8)
+            self.plugged = m.plugged
+            self.plan_soc_cpct = None
         g = self.guard
         # the guard judges the measurements first, so the plan only ever
         # sees a SoC the guard trusts
@@ -440,9 +456,9 @@ class Controller:
             d["actions_applied"] = self.actions_applied
             d["fault_log"] = self._fault_log
             d["stopped"] = not self.running and self.stopping_ms is not None
+            d["plugged"] = m.plugged
             if v is not None:
                 d["vehicle"] = v.state
-                d["plugged"] = v.plugged
                 d["v_soc_cpct"] = v.soc_cpct
                 d["v_charge_limit_w"] = v.charge_limit_w
                 d["v_discharge_limit_w"] = v.discharge_limit_w

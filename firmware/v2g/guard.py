@@ -17,6 +17,7 @@
 #   any    -> fault  inverter reports a fault               latched until clear_fault()
 #   any    -> fault  the vehicle session failed             recovers with the session
 #   any    -> hold   paused by a technician                 until resume()
+#   any    -> hold   no car (published idle vehicle_absent) until one is plugged in
 #   any    -> hold   a car not in its charging loop         until it is
 #   any    -> hold   SoC or power unknown/stale/implausible until fresh and plausible
 #   any    -> hold   car and inverter SoC disagree          until they agree
@@ -191,6 +192,9 @@ class Guard:
             self._set(HOLD, "stopped", None)
         elif self.paused:
             self._set(HOLD, "paused", None)
+        elif meas.plugged is False:
+            # no car: nothing to protect or plan for, and nothing wrong
+            self._set(HOLD, "vehicle_absent", None)
         elif vehicle is not None and vehicle.must_stop:
             self._set(HOLD, "vehicle_" + vehicle.state, None)
         elif soc is None:
@@ -256,6 +260,8 @@ class Guard:
             mode, reason = "idle", "stopped"
         elif st == FAULT:
             mode, reason = "fault", self.reason
+        elif self.reason == "vehicle_absent":
+            mode, reason = "idle", "vehicle_absent"
         elif st == HOLD:
             mode, reason = "hold", self.reason
         else:

@@ -17,6 +17,10 @@ class Meas:
         self.ev_tick = -1
         self.hz_mhz = None  # grid frequency, mHz (701 Hz)
         self.hz_tick = -1
+        # a car on the connector: the vehicle session's, else whether the
+        # inverter's 713 SoC is implemented (CONTRACT section 8); None
+        # before the first reading
+        self.plugged = None
         self.inv_fault = None  # None or a short code, e.g. "inverter_alarm"
         self.inv_soc_cpct = None  # the inverter's own (713) SoC, cross-checked against a vehicle's
         # energy counters (701 TotWhAbs / TotWhInj), Wh since the inverter's start
@@ -29,11 +33,6 @@ class Meas:
         self.va = None
         self.pf_c = None  # power factor x 100
         self.inv_state = None  # 701 InvSt enum
-        # DC side (714, when the inverter has it): what the car's session
-        # reports to the car as present output
-        self.dc_v = None  # V
-        self.dc_a = None  # A, + into the car
-        self.dc_w = None  # W, + into the car
         # storage (713)
         self.wh_avail = None
         self.soh_cpct = None  # state of health, 0.01 %

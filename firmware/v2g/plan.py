@@ -30,6 +30,10 @@ from v2g.settings import Settings
 # a small remainder must not become a burst at full power (what is left
 # spills into the next segment or the departure buffer instead).
 _MIN_SPREAD_S = const(900)
+# How far ahead a plan looks when the next departure is further away (a
+# weekend): the allocation is quadratic in the number of tariff segments,
+# and a week of them would stall a board's control loop for seconds.
+_HORIZON_S = const(129600)  # 36 h
 
 class Segment:
     __slots__ = ("t0", "t1", "imp", "exp", "cheap", "c_wh", "d_wh", "why")
@@ -75,6 +79,7 @@ class Plan:
         self.computed_version = None  # settings.version the plan was made from
         self.shortfall_wh = 0
         self.departure_s = None
+        self.idle_why = "plan_idle"  # a segment's reason when it has no budget
 
     # --- tariff
 
@@ -87,10 +92,20 @@ class Plan:
         raise ValueError("tariff does not cover minute %d" % m)
 
     def next_departure(self, now):
-        """Unix time of the next departure at or after now."""
-        m = local_minute(now, self.utc_offset_min)
-        ahead_min = (self.settings.dep_min - m) % 1440
-        return (now // 60 + ahead_min) * 60
+        """Time of the next departure at or after now (the same epoch as
+        now: unix or the firmware's, both a Thursday at 00:00 UTC, so the
+        day and weekday below are the same), or None: no departure in the
+        next 7 days (the schedule has none)."""
+        local_s = now + self.utc_offset_min * 60
+        day = local_s // 86400
+        m_now = local_s % 86400 // 60
+        st = self.settings
+        for i in range(8):
+            m = st.dep_min_on((day + i + 3) % 7)  # day 0 was a Thursday (3)
+            if m is None or (i == 0 and m < m_now):
+                continue
+            return (day + i) * 86400 + m * 60 - self.utc_offset_min * 60
+        return None
 
     def _segments(self, now, end):
         segs = []
@@ -112,12 +127,32 @@ class Plan:
         self.computed_at = now
         self.computed_version = self.settings.version
         dep = self.next_departure(now)
-        end = dep - self.buffer_s
-        in_buffer = end < now + 300
-        if in_buffer:
-            # inside the departure buffer: only charging for the departure
-            end = dep if dep > now + 60 else dep + 86400 - self.buffer_s
         self.departure_s = dep
+        why = "plan_idle"
+        if dep is None or dep - self.buffer_s > now + _HORIZON_S:
+            # No departure within the horizon (a weekend, days the schedule
+            # leaves free): plan the horizon with no departure charge in
+            # it; the departure is then still more than _HORIZON_S away, so
+            # charging for it can wait (and the pack waits at a lower SoC:
+            # calendar ageing grows with time at high SoC). The reserve is
+            # what keeps an unplanned trip possible meanwhile.
+            end = now + _HORIZON_S
+            in_buffer = False
+            target = self.settings.reserve_pct * (self.cap_wh / 100)
+            why = "no_departure_scheduled"  # none in the next 7 days
+            if dep is not None:
+                why = "departure_days_away"
+        else:
+            end = dep - self.buffer_s
+            in_buffer = end < now + 300
+            if in_buffer:
+                # inside the departure buffer: only charging for the departure
+                # (the departure minute itself: up to the one after it)
+                nxt = None if dep > now + 60 else self.next_departure(dep + 60)
+                end = dep if dep > now + 60 else now + _HORIZON_S if nxt is None else min(
+                    nxt - self.buffer_s, now + _HORIZON_S)
+            target = self.target_pct() * (self.cap_wh / 100)
+        self.idle_why = why
         segs = self._segments(now, end)
         self.segments = segs
         n = len(segs)
@@ -128,7 +163,6 @@ class Plan:
         dmax = [s.hours() * self.discharge_w / self.eta_d for s in segs]
         floor = self.settings.reserve_pct * cap
         ceil_arb = self.soc_max_pct * cap
-        target = self.target_pct() * cap
 
         def charge(k, wh, why):
             segs[k].c_wh += wh
@@ -257,6 +291,6 @@ class Plan:
                 if s.d_wh > 0:
                     w = min(self.discharge_w, int(s.d_wh * self.eta_d / h + 0.5))
                     # an export too small to run the stage efficiently is skipped
-                    return (-w, s.why, None) if w >= self.min_w else (0, "plan_idle", None)
-                return 0, "plan_idle", None
-        return 0, "plan_idle", None
+                    return (-w, s.why, None) if w >= self.min_w else (0, self.idle_why, None)
+                return 0, self.idle_why, None
+        return 0, self.idle_why, None

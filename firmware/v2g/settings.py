@@ -28,6 +28,9 @@ class Settings:
         self._reserve(cfg["battery"]["reserve_pct"])
         dep = cfg["departure"]
         self.dep_min = dep["time"]  # minute of the local day
+        # per weekday (Monday first): a minute, None (no departure) or -1
+        # (dep_min); None when there is no departure.schedule
+        self.week_min = dep["week_min"]
         self._dep_soc(dep["soc_pct"])
         self.mode = "auto"
         self.version = 0
@@ -39,6 +42,14 @@ class Settings:
     def _dep_soc(self, pct):
         self.dep_cpct = cpct(pct)
         self.dep_pct = self.dep_cpct / 100
+
+    def dep_min_on(self, weekday):
+        """The departure minute on a weekday (0 = Monday), or None: no
+        departure that day. Days the schedule leaves out follow dep_min,
+        which set_departure changes (departure.time's meaning)."""
+        w = self.week_min
+        m = self.dep_min if w is None else w[weekday]
+        return self.dep_min if m == -1 else m
 
     def set_reserve(self, pct):
         self._reserve(pct)

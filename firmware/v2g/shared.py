@@ -303,6 +303,7 @@ def state_of(r):
         "wh_in": r["wh_in"],
         "wh_out": r["wh_out"],
     }
+    snap["plugged"] = r["plugged"] is True
     if r["vehicle"] is not None:
         snap["vehicle"] = r["vehicle"]
     return snap

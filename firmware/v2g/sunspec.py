@@ -329,6 +329,8 @@ class SunSpecInverter:
         if 713 in self.models:
             r = self._read(713, _M713_SPAN0, _M713_SPAN_N)
             soc = _decode(r, 2, "uint16")
+            # a DC stage with no car behind it has no SoC to report
+            meas.plugged = soc is not None
             # SoC in 0.01 %: Pct_SF is normally -2..0
             meas.soc_cpct = meas.inv_soc_cpct = scaled(soc, sf.get((713, "Pct_SF")), 2)
             meas.soc_tick = tick
@@ -337,6 +339,8 @@ class SunSpecInverter:
             meas.soh_cpct = scaled(_decode(r, 4, "uint16"), sf.get((713, "Pct_SF")), 2)
             if _decode(r, 6, "enum16") == _STA_ERROR and fault is None:
                 fault = "storage_error"
+        else:
+            meas.plugged = False  # no storage model: no SoC, no car to protect
         self._refresh_714(meas)
         meas.inv_fault = fault
         return True

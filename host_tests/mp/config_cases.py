@@ -19,7 +19,13 @@ def defaults():
     # what load() fills in for examples/site.json
     c = config.load("examples/site.json")
     return [c["control"]["period_ms"], c["inverter"]["revert_s"], c["mqtt"]["client_id"],
-            c["vehicle"]["driver"], c["tariff"]["periods"][0]["start"], c["departure"]["time"]]
+            c["vehicle"]["driver"], c["tariff"]["periods"][0]["start"], c["departure"]["time"],
+            c["departure"]["week_min"], c["battery"]["chemistry"]]
+
+
+def week_mins(path):
+    # PATH: a JSON list of raw configs -> each one's parsed departure.week_min
+    return [list(config.validate(raw)["departure"]["week_min"]) for raw in json.loads(open(path).read())]
 
 
 def client_ids(path):

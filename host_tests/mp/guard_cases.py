@@ -29,7 +29,7 @@ class FakeVehicle(VehicleSession):
     # attributes set from a scenario step
     def __init__(self, d):
         super().__init__()
-        self.plugged = True
+        self.plugged = d.get("plugged", True)
         self.fault = d.get("fault")
         self.must_stop = d.get("must_stop", False)
         self.state = d.get("state", "charging")
@@ -39,7 +39,8 @@ class FakeVehicle(VehicleSession):
 
 def scenarios(cfg_path, scenarios_path):
     # SCENARIOS: a JSON list of scenarios, each a list of steps -> per
-    # scenario, one row per step: [state, reason, fault, lo_w, hi_w, soc_cpct, hz_mhz]
+    # scenario, one row per step: [state, reason, fault, lo_w, hi_w, soc_cpct,
+    # hz_mhz, published mode, its reason (decide_mode on an idle plan)]
     cfg = config.validate(json.loads(open(cfg_path).read()))
     out = []
     for scenario in json.loads(open(scenarios_path).read()):
@@ -60,7 +61,7 @@ def scenarios(cfg_path, scenarios_path):
                     target, name = g.settings, name[9:]
                 getattr(target, name)(*args)
             fresh = st.get("fresh", True)
-            for k in ("soc_cpct", "ev_w", "hz_mhz", "inv_fault", "inv_soc_cpct"):
+            for k in ("soc_cpct", "ev_w", "hz_mhz", "inv_fault", "inv_soc_cpct", "plugged"):
                 if k in st:
                     setattr(m, k, st[k])
             if fresh:
@@ -68,7 +69,9 @@ def scenarios(cfg_path, scenarios_path):
             v = FakeVehicle(st["vehicle"]) if "vehicle" in st else None
             g.update(tick, m, st.get("link", True), v)
             g.limits(st.get("ceiling"), v)
-            rows.append([STATE_NAMES[g.state], g.reason, g.fault, g.lo_w, g.hi_w, g.soc_cpct, g.hz_mhz])
+            g.decide_mode(0, "plan_idle", 0, 0)
+            rows.append([STATE_NAMES[g.state], g.reason, g.fault, g.lo_w, g.hi_w, g.soc_cpct, g.hz_mhz,
+                         g.mode, g.mode_reason])
         out.append(rows)
     return out
 

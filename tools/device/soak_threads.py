@@ -44,7 +44,9 @@ class TickStampedInverter:
 
         if tick % 97 == 0:
             raise LinkLost(OSError(110))
-        m.soc_cpct = 5000 + (tick // 50) % 2000
+        # the car away for 150 ticks in every 1,000 (713 SoC not implemented)
+        m.plugged = tick % 1000 >= 150
+        m.soc_cpct = 5000 + (tick // 50) % 2000 if m.plugged else None
         m.soc_tick = m.ev_tick = m.hz_tick = tick
         m.ev_w = self.last_wset or 0
         m.hz_mhz = 49900 + tick % 200  # crosses the deadband: droop on and off
@@ -63,7 +65,7 @@ cfg = config.load(sys.argv[1])
 ctrl = Controller(cfg, Clock(), TickStampedInverter())
 shared = ctrl.shared
 bad = []
-counts = {"snapshots": 0, "posted": 0, "refused": 0, "asked": 0, "answered": 0, "stats": 0, "events": 0,
+counts = {"absent": 0, "snapshots": 0, "posted": 0, "refused": 0, "asked": 0, "answered": 0, "stats": 0, "events": 0,
           "exceptions": 0}
 lock = _thread.allocate_lock()
 done = {"control": False}
@@ -85,12 +87,16 @@ def check(rec, last_tick):
         gs, mode, reason = rec["guard_state"], rec["mode"], rec["reason"]
         if reason == "stopped":
             ok = mode == "idle"
+        elif reason == "vehicle_absent":
+            counts["absent"] += 1
+            ok = gs == "hold" and mode == "idle" and rec["plugged"] is False and rec["fault"] is None
         elif gs == "fault":
             ok = mode == "fault" and reason in FAULT_REASONS and rec["fault"] is not None
         elif gs == "hold":
             ok = mode == "hold" and reason in HOLD_REASONS and rec["fault"] is None
         else:
-            ok = mode in ("charge", "discharge", "idle") and reason not in HOLD_REASONS + FAULT_REASONS
+            ok = mode in ("charge", "discharge", "idle") and reason not in HOLD_REASONS + FAULT_REASONS + (
+                "vehicle_absent",)
         if not ok:
             violation("mode/reason do not fit the guard state", rec)
         if gs != "run" and (rec["lo_w"] != 0 or rec["hi_w"] != 0):

@@ -68,6 +68,9 @@ class SimInverter:
         self.wh_abs = float(wh_abs)  # lifetime energy from the grid (701 TotWhAbs)
         self.wh_inj = float(wh_inj)  # lifetime energy into the grid (701 TotWhInj)
         self.alarm = 0  # 701 Alrm bits; non-zero means tripped
+        # a car on the DC port (CONTRACT section 8): without one the stage
+        # moves no power and 713 has no SoC to report (not implemented)
+        self.plugged = True
         # Counters and logs for tests and observers.
         self.reversions = 0
         self.transactions = 0
@@ -375,7 +378,7 @@ class SimInverter:
         self.hz = self.grid.freq_hz(now_s)
         self._run_revert_timer(now_s)
         target_grid_w = self._target_grid_w()
-        if self.alarm:
+        if self.alarm or not self.plugged:
             self.ev_w = 0.0
         else:
             # The power stage slews at a finite rate; the battery may accept less.
@@ -413,7 +416,10 @@ class SimInverter:
         else:
             state = "STANDBY"
         m.set(701, "InvSt", self._sym(701, "InvSt", state))
-        if m.has_model(713):
+        if m.has_model(713) and not self.plugged:
+            m.clear(713, "SoC")
+            m.clear(713, "WHAvail")
+        elif m.has_model(713):
             soc_pct = self.battery.soc_pct
             m.set_scaled(713, "SoC", soc_pct)
             m.set_scaled(713, "WHAvail", self.battery.capacity_wh * soc_pct / 100.0 * self.soh_pct / 100.0)

@@ -312,6 +312,11 @@ class SunSpecMap:
             return
         self._fill_raw(point, self._encode(point, value))
 
+    def clear(self, model_id, name, index=None):
+        """Make a point read "not implemented" (a value the device lost)."""
+        point = self.point(model_id, name, index)
+        self._fill_raw(point, self._unimpl_raw(point))
+
     def get(self, model_id, name, index=None):
         """The raw value, or None when the point reads "not implemented"."""
         point = self.point(model_id, name, index)
