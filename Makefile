@@ -7,7 +7,7 @@ SETUP := build/.setup-ok
 # The unix port's whole module search path; keep .frozen (asyncio, ssl).
 export MICROPYPATH := firmware:build/lib:.frozen
 
-.PHONY: setup sim test run deploy bench check-boards clean
+.PHONY: setup sim year test run deploy bench check-boards clean
 
 $(SETUP): tools/requirements.txt tools/setup_env.sh tools/fetch_mpy_lib.sh
 	tools/setup_env.sh
@@ -17,6 +17,11 @@ setup: $(SETUP)
 
 sim: $(SETUP)
 	$(PY) -m tools.sim $(SIMARGS)
+
+# A simulated year of one charger and its owner (CONTRACT section 9): exits
+# 1 when a check fails. YEARARGS: --config FILE, --days N, --seed N.
+year: $(SETUP)
+	$(PY) -m tools.year $(YEARARGS)
 
 test: $(SETUP)
 	tools/setup_system.sh

@@ -11,6 +11,10 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 echo "setup: installing pinned host tools (tools/requirements.txt)"
 "$VENV/bin/pip" install -q --disable-pip-version-check -r tools/requirements.txt
+# emobpy for its published trip statistics only (make year reads its CSV
+# files; its code is never imported): without its dependencies, which
+# include pandas < 2
+"$VENV/bin/pip" install -q --disable-pip-version-check --no-deps emobpy==0.6.2
 mkdir -p build/lib
 # umqtt.simple 1.3.4 is the newest on PyPI (newer ones are on micropython-lib's
 # mip index only); v2g.mqtt uses only the public API that it and the newer
