@@ -127,3 +127,27 @@ def test_a_bad_config_exits_2_naming_the_key(tmp_path):
     assert res.returncode == 2
     assert res.stderr.strip() == 'config error: departure.schedule.sun: must be "HH:MM"'
     assert not (tmp_path / "y").exists()
+
+
+def test_one_day_of_make_year_matches_make_sim_of_the_same_day(tmp_path):
+    """Issue 12's cross-check: the fast loop (the Controller stepped each
+    simulated minute, no Modbus or MQTT) against the full stack (firmware
+    process, Modbus to the simulated inverter, the broker), same day, config,
+    start SoC and trip; no dispatches or frequency events, which the year
+    does not have. Energies within 3 %, departure SoC within 1 %."""
+    sim_out, year_out = tmp_path / "sim", tmp_path / "year"
+    sim = subprocess.run([sys.executable, "-m", "tools.sim", "--wall-s", "30", "--quiet", "--no-dispatch",
+                          "--freq-events", "none", "--soc", "45", "--out", str(sim_out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert sim.returncode == 0, sim.stdout[-2000:] + sim.stderr[-2000:]
+    year = subprocess.run([sys.executable, "-m", "tools.year", "--days", "1", "--date", "2026-06-15", "--soc", "45",
+                           "--sim-day", "--out", str(year_out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert year.returncode in (0, 1), year.stdout + year.stderr
+    s = json.loads((sim_out / "report.json").read_text())
+    y = json.loads((year_out / "report.json").read_text())
+    assert s["trips"] and len(s["trips"]) == 1 and y["departures_total"] == 1  # the same commute in both
+    assert s["trips"][0]["leave_s"] == json.loads((year_out / "trips.json").read_text())["away"][0][0]
+    for k in ("energy_in_wh", "energy_out_wh"):
+        assert y[k] == pytest.approx(s[k], rel=0.03), (k, y[k], s[k])
+    assert y["departure_socs"][0] == pytest.approx(s["departure_soc_pct"], abs=1.0)

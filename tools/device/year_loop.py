@@ -124,11 +124,10 @@ def main():
     # its time re-planning.
     cfg["control"]["period_ms"] = step_s * 1000
     cfg["plan"]["replan_s"] = max(cfg["plan"]["replan_s"], 900)
-    b = cfg["battery"]
-    lim = cfg["limits"]
-    battery = EvBattery(b["capacity_wh"], trips["soc_pct"], charge_eff=b["charge_eff"],
-                        discharge_eff=b["discharge_eff"], max_charge_w=lim["charge_w"],
-                        max_discharge_w=max(1, lim["discharge_w"]))
+    # the car make sim simulates: EvBattery's own efficiencies behind the
+    # simulated inverter's 11 kW ratings (tools/sim/inverter_main.py)
+    battery = EvBattery(cfg["battery"]["capacity_wh"], trips["soc_pct"], max_charge_w=11000.0,
+                        max_discharge_w=11000.0)
     inv = BatteryInverter(battery, step_s)
     start_s = trips["start_s"]
     clock = SteppedClock(start_s)
@@ -146,9 +145,7 @@ def main():
         now_s = start_s + i * step_s
         # the car comes and goes between ticks, as a driver would
         if back_s is not None and now_s >= back_s:
-            # a trip beyond what the battery held was charged on the road:
-            # such a car comes home with 10 % (a driver's usual margin)
-            battery.stored_wh = max(battery.stored_wh - trip_wh, min(battery.stored_wh, 0.1 * battery.capacity_wh))
+            battery.drive(trip_wh)
             inv.plugged = True
             back_s = None
         if back_s is None and ai < len(away) and now_s >= away[ai][0]:

@@ -72,6 +72,12 @@ class EvBattery:
             share = _TAPER_FLOOR + (1.0 - _TAPER_FLOOR) * soc / _TAPER_LOW_PCT
         return self.max_discharge_w * share
 
+    def drive(self, trip_wh):
+        """A trip's energy out of the pack (the car away). A trip that needs
+        more than the pack held was charged on the road: the car comes home
+        with 10 % (a driver's usual margin), or what it left with if less."""
+        self.stored_wh = max(self.stored_wh - trip_wh, min(self.stored_wh, 0.1 * self.capacity_wh))
+
     def step(self, ev_w_request, dt_s):
         """Draw or deliver power for dt_s seconds; return the ev_w that flowed."""
         if dt_s <= 0:

@@ -9,6 +9,7 @@ simulator's physical truth while the day runs, then writes the day report
 import argparse
 import calendar
 import copy
+import datetime
 import json
 import os
 import shutil
@@ -45,6 +46,10 @@ def parse_args(argv=None):
                    help='"default", "none", or JSON [{"at": "HH:MM", "dur_s": s, "hz": v}, ...]')
     p.add_argument("--quiet", action="store_true", help="no hourly progress lines")
     p.add_argument("--no-dispatch", action="store_true", help="the cloud side sends no dispatch")
+    p.add_argument("--mobility", choices=("day", "none"), default="day",
+                   help="day: the owner commutes (tools/year/mobility.py: leaves at the departure, home "
+                        "before the evening dispatches); none: the car stays plugged in. With --vehicle: none")
+    p.add_argument("--trip-seed", type=int, default=1, help="seed of the day's trip draw")
     p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
                    help="auto: Mosquitto when installed, else the embedded pure-Python broker")
     p.add_argument("--broker-port", type=int, default=0, help="the broker's port (default: a free one)")
@@ -114,9 +119,11 @@ def freq_events(spec, start_s, nominal_hz):
     if spec == "none":
         return []
     if spec == "default":
-        # an over-frequency event at midday and an under-frequency one at the
-        # evening peak, as a grid operator would see them
-        spec = [{"at": "13:05", "dur_s": 300, "hz": nominal_hz + 0.35},
+        # an over-frequency event late in the evening (wind at low load) and
+        # an under-frequency one at the evening peak, as a grid operator
+        # would see them, both while the commuter's car is home (at midday
+        # it is away: nothing to respond with)
+        spec = [{"at": "22:05", "dur_s": 300, "hz": nominal_hz + 0.35},
                 {"at": "19:30", "dur_s": 300, "hz": nominal_hz - 0.35}]
     else:
         spec = json.loads(spec)
@@ -125,6 +132,18 @@ def freq_events(spec, start_s, nominal_hz):
         hh, mm = e["at"].split(":")
         out.append({"start": start_s + int(hh) * 3600 + int(mm) * 60, "dur_s": e["dur_s"], "hz": e["hz"]})
     return out
+
+
+def _hhmm(s):
+    return "%02d:%02d" % (s // 3600, s % 3600 // 60)
+
+
+def day_trips(site, args):
+    """The owner's day from the mobility model make year uses."""
+    from tools.year.mobility import sim_day_trips
+
+    y, m, d = (int(x) for x in args.date.split("-"))
+    return sim_day_trips(site, datetime.date(y, m, d), seed=args.trip_seed)
 
 
 def run(args):
@@ -148,6 +167,7 @@ def _day(args, out, run_dir):
     warp = span_s / args.wall_s
     nominal = site.get("grid", {}).get("nominal_hz", 50)
     events = freq_events(args.freq_events, start_s, nominal)
+    trips = day_trips(site, args) if args.mobility == "day" and not args.vehicle else []
     # The clock starts a moment in the future so both processes are up at 00:00.
     lead_real_s = 1.5
     clock = WarpClock(warp, real_epoch=time.time() + lead_real_s, sim_epoch=start_s)
@@ -155,6 +175,7 @@ def _day(args, out, run_dir):
         inverter = InverterProcess(["--unit", 1, "--clock", clock.to_env(), "--soc", args.soc,
                                     "--capacity-wh", site["battery"]["capacity_wh"], "--nominal-hz", nominal,
                                     "--freq-events", json.dumps(events), "--state-period-s", 0.005,
+                                    "--away", json.dumps([[t["leave_s"], t["back_s"], t["wh"]] for t in trips]),
                                     # with a car: the DC stage's 714 measurements for its 0x109
                                     *(["--models", ",".join(map(str, DC_MODELS))] if args.vehicle else [])],
                                    port=args.inverter_port, state_file=run_dir.state, log=out / "inverter.log")
@@ -189,6 +210,9 @@ def _day(args, out, run_dir):
     print(f"sim: {args.hours:g} h of {site['device_id']} from {args.date} 00:00 local, "
           f"warp x{warp:.0f} (~{args.wall_s:.0f} s), inverter on port {inverter.port}, "
           f"{broker_name} on port {broker_port}", flush=True)
+    for t in trips:
+        print(f"sim: the owner drives {t['km']:.0f} km ({t['wh'] / 1000:.1f} kWh), away "
+              f"{_hhmm(t['leave_s'] - start_s)}-{_hhmm(t['back_s'] - start_s)}", flush=True)
     cloud = CloudSide(clock, "127.0.0.1", broker_port, site["device_id"], site["command_key"], start_s,
                       DEFAULT_DISPATCHES if not args.no_dispatch else [])
     firmware = Firmware(cfg_path, {"V2G_CLOCK": clock.to_env()}, log=out / "firmware.log")
@@ -239,6 +263,7 @@ def _day(args, out, run_dir):
     rep = reportmod.build(site, samples, firmware.events(), grid, start_s, end_s, events,
                           warp=warp, wall_s=wall_s, firmware_rc=rc, cloud=seen,
                           reversions_running=at_stop.get("reversions"))
+    rep["trips"] = trips
     if vehicle_report is not None:
         rep["vehicle"] = {k: vehicle_report.get(k) for k in ("sent", "received", "counts", "undecodable")
                           if k in vehicle_report}

@@ -71,6 +71,9 @@ class SimInverter:
         # a car on the DC port (CONTRACT section 8): without one the stage
         # moves no power and 713 has no SoC to report (not implemented)
         self.plugged = True
+        # the owner's trips, [(leave_s, back_s, trip_wh)] in sim time, in
+        # order: away between the two, back with the trip's energy gone
+        self.away = []
         # Counters and logs for tests and observers.
         self.reversions = 0
         self.transactions = 0
@@ -376,9 +379,14 @@ class SimInverter:
         if self._hb_epoch_s is None:
             self._hb_epoch_s = now_s
         self.hz = self.grid.freq_hz(now_s)
+        self._follow_trips(now_s)
         self._run_revert_timer(now_s)
         target_grid_w = self._target_grid_w()
-        if self.alarm or not self.plugged:
+        # before the clock's epoch the simulated day has not begun (make sim
+        # starts its processes a little ahead): the car starts the day with
+        # the SoC it was given, whatever a controller asked before
+        before_day = now_s < getattr(self.clock, "sim_epoch", now_s)
+        if self.alarm or not self.plugged or before_day:
             self.ev_w = 0.0
         else:
             # The power stage slews at a finite rate; the battery may accept less.
@@ -390,6 +398,18 @@ class SimInverter:
         else:
             self.wh_inj += -self.ev_w * dt_s / 3600.0
         self._publish(target_grid_w, now_s)
+
+    def _follow_trips(self, now_s):
+        while self.away:
+            leave_s, back_s, trip_wh = self.away[0]
+            if now_s >= back_s:
+                self.battery.drive(trip_wh)  # (a step may pass the whole trip at once)
+                self.plugged = True
+                self.away.pop(0)
+                continue
+            if now_s >= leave_s:
+                self.plugged = False
+            return
 
     def _publish(self, target_grid_w, now_s=None):
         """Write the measurements into the map (what a Modbus read will see)."""
@@ -441,6 +461,7 @@ class SimInverter:
             "sim_s": self._last_step_s,
             "ev_w": round(self.ev_w, 1),
             "soc_pct": round(self.battery.soc_pct, 3),
+            "plugged": self.plugged,
             "wh_in": round(self.wh_abs, 2),
             "wh_out": round(self.wh_inj, 2),
             "hz": round(self.hz, 4),

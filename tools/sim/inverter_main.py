@@ -77,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--freq-events", type=_json_arg, default=[],
                    help='JSON list of {"start": unix_s, "dur_s": s, "hz": value}, or @FILE')
     p.add_argument("--seed", type=int, default=0, help="seed of the grid frequency wander")
+    p.add_argument("--away", type=_json_arg, default=[], metavar="JSON",
+                   help="the owner's trips: [[leave_s, back_s, trip_wh], ...] in simulated unix s")
     p.add_argument("--state-file", help="write a JSON snapshot here periodically")
     p.add_argument("--state-period-s", type=float, default=0.1, help="wall seconds between snapshots")
     p.add_argument("--step-s", type=float, default=0.002, help="wall seconds between physics steps")
@@ -162,6 +164,7 @@ async def run(args):
         ramp_w_per_s=args.ramp_w_per_s, grid=grid, w_sf=args.w_sf, hz_sf=args.hz_sf,
         totwh_sf=args.totwh_sf, wset_sf=args.wset_sf, pct_sf=args.pct_sf,
         wh_abs=args.wh_in, wh_inj=args.wh_out, step_s=args.step_s)
+    inverter.away = [tuple(t) for t in args.away]
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -28,7 +28,7 @@ import numpy as np
 
 from tools.sim.battery import _CELL_OCV
 from tools.sim.wear import MODELS, lfp_fade, nmc_fade
-from tools.year.mobility import year_trips
+from tools.year.mobility import sim_day_trips, year_trips
 
 ROOT = Path(__file__).resolve().parents[2]
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -73,12 +73,14 @@ def variants(raw):
     return {"v2g": raw, "baseline": base, "wear_blind": blind}
 
 
-def run_year(raw_cfg, cfg, days, seed, out_dir, soc_pct=50.0, progress=print):
-    """-> {variant: trace (n, 3) int array}, trips, the loops' totals."""
+def run_year(raw_cfg, cfg, days, seed, out_dir, soc_pct=50.0, progress=print, start=START, trips=None):
+    """-> {variant: trace (n, 3) int array}, trips, the loops' totals.
+    trips: the owner's trips (default: drawn for the days from the seed)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    start_s = int(datetime.datetime(START.year, START.month, START.day, tzinfo=datetime.timezone.utc).timestamp()) \
+    start_s = int(datetime.datetime(start.year, start.month, start.day, tzinfo=datetime.timezone.utc).timestamp()) \
         - cfg["utc_offset_min"] * 60
-    trips = year_trips(START, days, cfg["utc_offset_min"], departure_min_on(cfg), seed=seed)
+    if trips is None:
+        trips = year_trips(start, days, cfg["utc_offset_min"], departure_min_on(cfg), seed=seed)
     trips_path = out_dir / "trips.json"
     trips_path.write_text(json.dumps({"start_s": start_s, "days": days, "soc_pct": soc_pct,
                                       "away": [[t["leave_s"], t["back_s"], t["wh"]] for t in trips]}))
@@ -233,14 +235,19 @@ def main(argv=None):
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "build" / "year"))
+    ap.add_argument("--date", type=datetime.date.fromisoformat, default=START, help="local date of the first day")
+    ap.add_argument("--soc", type=float, default=50.0, help="SoC at the start, %%")
+    ap.add_argument("--sim-day", action="store_true",
+                    help="the trips of make sim's day (one day: the cross-check against make sim)")
     a = ap.parse_args(argv)
     t0 = time.time()
     raw = json.loads(Path(a.config).read_text())
     cfg = validated(a.config)
     out = Path(a.out)
-    print(f"year: {a.days} days from {START}, one tick per {STEP_S} s, 3 runs (v2g, baseline, wear_blind)", flush=True)
-    traces, trips, start_s, totals = run_year(raw, cfg, a.days, a.seed, out,
-                                              progress=lambda s: print(s, flush=True))
+    print(f"year: {a.days} days from {a.date}, one tick per {STEP_S} s, 3 runs (v2g, baseline, wear_blind)", flush=True)
+    trips = sim_day_trips(raw, a.date, a.seed) if a.sim_day else None
+    traces, trips, start_s, totals = run_year(raw, cfg, a.days, a.seed, out, soc_pct=a.soc, start=a.date,
+                                              trips=trips, progress=lambda s: print(s, flush=True))
     n = len(traces["v2g"])
     t_s = start_s + np.arange(n) * STEP_S
     runs = {name: measure(cfg, tr, t_s)
@@ -256,7 +263,7 @@ def main(argv=None):
     per_fade_blind = gain_blind / added_blind if added_blind > 0 else None
     fade_by_month = {}
     for k in range(1, 13):
-        days_in = sum(1 for d in range(a.days) if (START + datetime.timedelta(d)).month <= k)
+        days_in = sum(1 for d in range(a.days) if (a.date + datetime.timedelta(d)).month <= k)
         if days_in:
             sel = slice(0, min(n, days_in * 1440))
             f = measure(cfg, traces["v2g"][sel], t_s[sel])["capacity_fade_pct"]

@@ -113,10 +113,45 @@ def china_days_off(years):
     return off, worked
 
 
-def year_trips(start, days, utc_offset_min, departure_min_on, seed=1, survey=None):
+# make sim's day: the cloud side's first dispatch is at 18:00, so the
+# commute is drawn home before it (the evening peak meets a car that has
+# just come home), and there is no outing (the evening is the dispatches')
+SIM_DAY_HOME_BY_H = 17.75
+
+
+def sim_day_trips(site, date, seed=1):
+    """The owner's trips on make sim's day (site: the config as written)."""
+    return year_trips(date, 1, site.get("utc_offset_min", 0), departure_min_on_raw(site), seed=seed,
+                      home_by_h=SIM_DAY_HOME_BY_H, outings=False)
+
+
+def departure_min_on_raw(site):
+    """departure_min_on for a site config as written (CONTRACT sections 2
+    and 8: departure.time, departure.schedule)."""
+    def minute(text):
+        hh, mm = text.split(":")
+        return int(hh) * 60 + int(mm)
+
+    dep = site["departure"]
+    sched = dep.get("schedule") or {}
+    days = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+    def on(weekday):
+        d = days[weekday]
+        if d not in sched:
+            return minute(dep["time"])
+        return None if sched[d] is None else minute(sched[d])
+
+    return on
+
+
+def year_trips(start, days, utc_offset_min, departure_min_on, seed=1, survey=None, home_by_h=23.5,
+               outings=True):
     """Trips for `days` days from the local date `start`.
     departure_min_on(weekday 0 = Monday) -> the firmware's departure minute
-    that day, or None. -> list of dicts in time order:
+    that day, or None. home_by_h: the commute's return is drawn before this
+    local hour; outings False: none (make sim's day, whose evening belongs
+    to the cloud's dispatches). -> list of dicts in time order:
       {"leave_s", "back_s", "wh", "km", "kind": "departure" | "unexpected"}"""
     survey = survey or Survey()
     rng = random.Random(seed)
@@ -135,16 +170,18 @@ def year_trips(start, days, utc_offset_min, departure_min_on, seed=1, survey=Non
             # the commute, leaving when the firmware expects it
             leave_h = dep_min / 60  # exact in seconds below: dep_min * 60
             km, leg_min = survey.leg(rng)
-            back_h = survey.start_hour(rng, _DAYS[wd], ("home",), leave_h + leg_min / 60 + MIN_AT_WORK_H, 23.5)
+            drive_h = leg_min / 60
+            back_h = survey.start_hour(rng, _DAYS[wd], ("home",), leave_h + drive_h + MIN_AT_WORK_H,
+                                       home_by_h - drive_h)
             if back_h is None:
-                back_h = min(23.0, leave_h + leg_min / 60 + MIN_AT_WORK_H)
-            back_h += leg_min / 60  # the drive home
+                back_h = min(home_by_h - drive_h, leave_h + drive_h + MIN_AT_WORK_H)
+            back_h += drive_h  # the drive home
             trip = _trip(midnight_s, leave_h, back_h, 2 * km, "departure")
             trip["leave_s"] = midnight_s + dep_min * 60
             out.append(trip)
             busy_until_h = back_h
             n -= 2  # the survey's day counts the commute's two trips among its own
-        if n >= 1 if not day_off else n > 0:
+        if outings and n > 0:
             # an outing the firmware was not told about
             start_h = survey.start_hour(rng, _DAYS[wd], _OUTING, busy_until_h + 0.5, 22.0)
             if start_h is not None:
