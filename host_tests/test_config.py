@@ -115,6 +115,9 @@ BAD = [
     (set_path("departure.schedule", {"fri": "08:60"}), "departure.schedule.fri", "MM 00-59"),
     (set_path("departure.schedule", ["07:30"]), "departure.schedule", "must be an object"),
     (set_path("departure.week_min", [450] * 7), "departure.week_min", "unknown key"),
+    (set_path("battery.pack_price_per_kwh", -1), "battery.pack_price_per_kwh", ">= 0"),
+    (set_path("battery.v2g_cycles_per_day", 11), "battery.v2g_cycles_per_day", "<= 10"),
+    (set_path("battery.v2g_cycles_per_day", "1"), "battery.v2g_cycles_per_day", "number"),
 ]
 
 
@@ -391,3 +394,21 @@ def _firmware_under(pid):
                         return c
                 todo.append(c)
     raise AssertionError("no firmware process under %d" % pid)
+
+
+def test_wear_cost_follows_chemistry_and_pack_price_unless_given(tmp_path):
+    def battery(**keys):
+        c = copy.deepcopy(BASE)
+        for k in ("wear_cost_per_kwh", "chemistry", "pack_price_per_kwh"):
+            c["battery"].pop(k, None)
+        c["battery"].update(keys)
+        return c
+
+    path = tmp_path / "wear.json"
+    path.write_text(json.dumps([battery(), battery(chemistry="nmc"), battery(pack_price_per_kwh=1000),
+                                battery(wear_cost_per_kwh=0.02, chemistry="nmc")]))
+    got = run_mp("config_cases", "wear_costs", path).json()
+    # 700 per kWh of capacity x the share of the pack a cycled kWh wears
+    # (1.5e-4 LFP, 1.1e-3 NMC: config.py, from tools/sim/wear.py's models)
+    assert got[0] == pytest.approx(0.105) and got[1] == pytest.approx(0.77) and got[2] == pytest.approx(0.15)
+    assert got[3] == 0.02  # given: kept as written, whatever the chemistry

@@ -54,6 +54,16 @@ TABLE = {
         [s(soc_cpct=None, plugged=False)], ("hold", "vehicle_absent", None, 0, 0)),
     "the car comes back -> run": (
         [s(soc_cpct=None, plugged=False), s(soc_cpct=4000, plugged=True)], ("run", None, None, -7000, 7000)),
+    "a car back at once with a SoC physics does not allow -> held": (
+        [s(soc_cpct=6000), s(soc_cpct=None, plugged=False), s(soc_cpct=3000, plugged=True)],
+        ("hold", "soc_unknown", None, 0, 0)),
+    "... and accepted once it stays put (5 samples)": (
+        [s(soc_cpct=6000), s(soc_cpct=None, plugged=False)] + [s(soc_cpct=3000, plugged=True)] * 5,
+        ("run", None, None, 0, 7000)),
+    # the bound grows with the time away: 1.5 x 7 kW for an hour is 17.5 % of 60 kWh
+    "a car back after an hour away with 10 % less: plausible at once": (
+        [s(soc_cpct=6000), s(soc_cpct=None, plugged=False, dt_ms=3600000), s(soc_cpct=5000, plugged=True)],
+        ("run", None, None, -7000, 7000)),
     "link lost beats no car": ([s(link=False, plugged=False)], ("fault", "link_lost", "link_lost", 0, 0)),
     "pause beats no car": ([dict(s(plugged=False), cmd=["pause"])], ("hold", "paused", None, 0, 0)),
     "CHAdeMO car gone -> vehicle_absent, not a hold on its state": (

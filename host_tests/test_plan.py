@@ -2,6 +2,8 @@
 import copy
 import json
 
+import pytest
+
 from conftest import ROOT, run_mp
 
 CFG = json.loads((ROOT / "examples" / "site.json").read_text())
@@ -186,3 +188,38 @@ def test_no_departure_in_the_week_says_so(tmp_path):
     assert r["dep"] is None
     assert r["segs"][-1][1] - r["segs"][0][0] == 36 * 3600
     assert r["req"] == [0, "no_departure_scheduled", None]
+
+
+
+def test_departure_charge_goes_to_the_latest_of_equally_cheap_periods(tmp_path):
+    # two night valleys at the same price: the one nearer the departure, so
+    # the pack spends less time at high SoC
+    cfg = copy.deepcopy(CFG)
+    cfg["tariff"]["periods"] = [
+        {"start": "01:00", "end": "03:00", "import": 0.2, "export": 0.1},
+        {"start": "03:00", "end": "04:00", "import": 0.5, "export": 0.1},
+        {"start": "04:00", "end": "06:00", "import": 0.2, "export": 0.1},
+        {"start": "06:00", "end": "01:00", "import": 0.5, "export": 0.1}]
+    (r,) = plans(tmp_path, [(cfg, 70, T0)])
+    charged = {hours_local(t0) % 24: c for t0, _, _, _, c, _, why in r["segs"] if c > 0}
+    assert set(charged) == {4.0}, charged  # 6 kWh fit in 04:00-06:00 at 7 kW
+    assert soc_path(cfg, 70, r["segs"])[-1] >= 80
+
+
+def test_daily_v2g_cycle_cap_bounds_each_days_export(tmp_path):
+    cfg = copy.deepcopy(CFG)
+    cfg["battery"]["v2g_cycles_per_day"] = 0.1  # 6 kWh of the 60 kWh pack a day, battery side
+    now = T0 + 8 * 3600  # 08:00, SoC 80: the day's peaks would take much more
+    free, capped, late = plans(tmp_path, [(CFG, 80, now), (cfg, 80, now), (cfg, 80, now, 4000 * 0.93)])
+
+    def out_by_day(r):
+        days = {}
+        for t0, _, _, _, _, d, _ in r["segs"]:
+            days[(t0 + 8 * 3600) // 86400] = days.get((t0 + 8 * 3600) // 86400, 0) + d
+        return days
+
+    assert sum(out_by_day(free).values()) > 6000 * 2
+    assert all(d <= 6000 + 1 for d in out_by_day(capped).values()) and sum(out_by_day(capped).values()) > 5000
+    # 3.72 kWh exported already today as 701 counts it (AC): 4 kWh battery side, 2 kWh left today
+    today = (now + 8 * 3600) // 86400
+    assert out_by_day(late)[today] == pytest.approx(6000 - 4000, abs=2)

@@ -324,8 +324,10 @@ SCHEMA = {
         "reserve_pct": (_pct, REQUIRED),
         "charge_eff": (_rng(_num, 0.5, 1), 0.93),
         "discharge_eff": (_rng(_num, 0.5, 1), 0.93),
-        "wear_cost_per_kwh": (_rng(_num, 0, 1000), 0.0),
+        "wear_cost_per_kwh": (_rng(_num, 0, 1000), None),  # None: from the pack price (below)
         "chemistry": (_choice("lfp", "nmc"), "lfp"),
+        "pack_price_per_kwh": (_rng(_num, 0, 100000), 700),
+        "v2g_cycles_per_day": (_rng(_num, 0, 10), None),  # None: no cap
     },
     "limits": {
         "charge_w": (_rng(_int, 1, _MAX_W), REQUIRED),
@@ -489,11 +491,28 @@ def client_id(device_id):
     return device_id[:14] + "-" + h[:8]
 
 
+# What one kWh cycled through the pack (out and back in, battery side)
+# costs, as a share of the pack's price per kWh of capacity: the capacity
+# one equivalent full cycle takes, at the cycling the plan causes (about one
+# 50 % cycle a day at 25 C, in the second half of a pack's first year),
+# over the 20 % of capacity a pack may lose before it is replaced (80 %
+# state of health). From the models make year uses (tools/sim/wear.py):
+# LFP (BLAST-Lite lfp_gr_250AhPrismatic) 3.0e-5 of capacity per full cycle
+# -> 1.5e-4; NMC (Schmalstieg 2014) 2.2e-4 -> 1.1e-3. Calendar ageing is not
+# in it: it runs whether the car cycles or not.
+_WEAR_SHARE = {"lfp": 1.5e-4, "nmc": 1.1e-3}
+
+
 def validate(raw):
     cfg = _section("", raw, SCHEMA)
     _check_order(cfg)
     if cfg["mqtt"]["client_id"] is None:
         cfg["mqtt"]["client_id"] = client_id(cfg["device_id"])
+    b = cfg["battery"]
+    if b["wear_cost_per_kwh"] is None:
+        # an explicit wear_cost_per_kwh keeps its meaning; without one the
+        # chemistry and the pack's price say what a cycled kWh costs
+        b["wear_cost_per_kwh"] = b["pack_price_per_kwh"] * _WEAR_SHARE[b["chemistry"]]
     return cfg
 
 

@@ -106,6 +106,8 @@ class Controller:
         self.dep_due_s = None  # fw_s of the next departure (the session ends then)
         self.departed = False  # the departure passed with a car plugged in
         self.plugged = None  # meas.plugged at the last tick
+        self._out_day = None  # local day of _out_wh0
+        self._out_wh0 = None  # meas.wh_out at its first plan (the daily export cap)
         self.stopping_ms = None  # real ms by which a clean stop ends the car's session
         self.error_tick = -1  # the last tick that raised
         self.actions_applied = 0
@@ -333,9 +335,20 @@ class Controller:
             return self.charge_w, "clock_not_set", self.plan.target_pct()
         drift = self.plan_soc_cpct is None or abs(soc - self.plan_soc_cpct) >= _SOC_REPLAN_CPCT
         if drift or self.plan.due(now_s):
-            self.plan.recompute(soc / 100, now_s)
+            self.plan.recompute(soc / 100, now_s, self._exported_today_wh(now_s))
             self.plan_soc_cpct = soc
         return self.plan.request(now_s)
+
+    def _exported_today_wh(self, now_s):
+        """AC Wh exported since local midnight (701 TotWhInj), for the
+        plan's daily cap; counted from the first plan of the day (at most a
+        replan_s after midnight), 0 while the counter is unread."""
+        wh = self.meas.wh_out
+        day = (now_s + self.plan.utc_offset_min * 60) // 86400
+        if day != self._out_day or self._out_wh0 is None:
+            self._out_day = day
+            self._out_wh0 = wh
+        return 0 if wh is None or self._out_wh0 is None else max(0, wh - self._out_wh0)
 
     # --- one tick
 

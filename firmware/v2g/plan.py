@@ -11,7 +11,7 @@
 # Allocation, in order:
 #  1. Below the reserve: charge at once, earliest segments first.
 #  2. Departure: enough charge for departure.soc_pct, cheapest segments first
-#     (earliest among equals).
+#     (the latest among equals: less time at high SoC).
 #  3. Arbitrage, greedy by margin per battery kWh:
 #       export at a, recharge later at b:  q_a*eta_d - p_b/eta_c - wear
 #       charge at a, export later at b:    q_b*eta_d - p_a/eta_c - wear
@@ -66,6 +66,9 @@ class Plan:
         self.eta_c = b["charge_eff"]
         self.eta_d = b["discharge_eff"]
         self.wear = b["wear_cost_per_kwh"]
+        # export per local day, battery side: at most this many capacities
+        cyc = b["v2g_cycles_per_day"]
+        self.export_cap_wh = None if cyc is None else cyc * b["capacity_wh"]
         self.soc_max_pct = b["soc_max_pct"]
         self.charge_w = cfg["limits"]["charge_w"]
         self.discharge_w = cfg["limits"]["discharge_w"]
@@ -121,7 +124,9 @@ class Plan:
 
     # --- allocation
 
-    def recompute(self, soc_pct, now=None):
+    def recompute(self, soc_pct, now=None, exported_today_wh=0):
+        """exported_today_wh: AC energy exported since local midnight (the
+        control loop counts it from 701 TotWhInj), for the daily cap."""
         if now is None:
             now = self.clock.time()
         self.computed_at = now
@@ -163,6 +168,18 @@ class Plan:
         dmax = [s.hours() * self.discharge_w / self.eta_d for s in segs]
         floor = self.settings.reserve_pct * cap
         ceil_arb = self.soc_max_pct * cap
+        day = None
+        if self.export_cap_wh is not None:
+            # battery.v2g_cycles_per_day: what each local day may still
+            # export, battery side, bounds every segment of that day
+            off = self.utc_offset_min * 60
+            day = [(sg.t0 + off) // 86400 for sg in segs]
+            left = {d: self.export_cap_wh for d in day}
+            today = (now + off) // 86400
+            if today in left:
+                left[today] = max(0, left[today] - exported_today_wh / self.eta_d)
+            for k in range(n):
+                dmax[k] = min(dmax[k], left[day[k]])
 
         def charge(k, wh, why):
             segs[k].c_wh += wh
@@ -178,6 +195,11 @@ class Plan:
             for j in range(k + 1, n + 1):
                 e[j] -= wh
             segs[k].why = why
+            if day is not None:
+                left[day[k]] -= wh
+                for j in range(n):
+                    if day[j] == day[k]:
+                        dmax[j] = min(dmax[j], left[day[k]])
 
         # 1. back to the reserve as soon as possible
         k = 0
@@ -187,8 +209,10 @@ class Plan:
             if wh > 0:
                 charge(k, wh, "below_reserve")
             k += 1
-        # 2. departure: cheapest first, earliest among equals
-        order = sorted(range(n), key=lambda i: (segs[i].imp, i))
+        # 2. departure: cheapest first, the latest among equals: the pack
+        # then waits at the lower SoC (calendar ageing grows with time at
+        # high SoC), while a cheaper period earlier still comes first
+        order = sorted(range(n), key=lambda i: (segs[i].imp, -i))
         need = target - e[n]
         for k in order:
             if need <= 0.5:

@@ -23,6 +23,11 @@ def defaults():
             c["departure"]["week_min"], c["battery"]["chemistry"]]
 
 
+def wear_costs(path):
+    # PATH: a JSON list of raw configs -> each one's battery.wear_cost_per_kwh after validation
+    return [config.validate(raw)["battery"]["wear_cost_per_kwh"] for raw in json.loads(open(path).read())]
+
+
 def week_mins(path):
     # PATH: a JSON list of raw configs -> each one's parsed departure.week_min
     return [list(config.validate(raw)["departure"]["week_min"]) for raw in json.loads(open(path).read())]

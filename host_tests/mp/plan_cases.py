@@ -7,12 +7,13 @@ from v2g.plan import Plan
 
 
 def plans(path):
-    # PATH: a JSON list of [raw config, SoC %, now]; a plan each ->
-    # [{"segs": [...], "req": [...], "short": Wh, "dep": departure s}, ...]
+    # PATH: a JSON list of [raw config, SoC %, now(, AC Wh exported today)];
+    # a plan each -> [{"segs": [...], "req": [...], "short": Wh, "dep": departure s}, ...]
     out = []
-    for raw, soc, now in json.loads(open(path).read()):
+    for case in json.loads(open(path).read()):
+        raw, soc, now = case[:3]
         p = Plan(config.validate(raw), None)
-        segs = p.recompute(soc, now)
+        segs = p.recompute(soc, now, case[3] if len(case) > 3 else 0)
         out.append({"segs": [[s.t0, s.t1, s.imp, s.exp, s.c_wh, s.d_wh, s.why] for s in segs],
                     "req": list(p.request(now)), "short": p.shortfall_wh, "dep": p.departure_s})
     return out
