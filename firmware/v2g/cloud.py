@@ -33,6 +33,8 @@ _DRAIN_PER_PASS = const(50)  # outbox records per loop pass, so commands keep fl
 _LOOP_MS = const(20)
 _READ_PER_PASS = const(4)
 _RESULTS_KEPT = const(16)
+_EVENTS_KEPT = const(64)  # event records waiting for the broker, at most ...
+_EVENT_BYTES = const(6144)  # ... and at most this many bytes of them (about 18 mode events)
 
 
 def _rand_below(n):
@@ -65,7 +67,8 @@ class CloudLink:
         self.t_event = (self.root + "event").encode()
         self.t_cmd = (self.root + "cmd").encode()
         self.t_result = (self.root + "cmd/result").encode()
-        self.client = None
+        self.client = None  # the MQTT client while connected, else None
+        self.mqtt = None  # the one client object, made at the first connect
         self.connected = False
         self.backoff_ms = _BACKOFF_MIN_MS
         self.next_try_ms = time.ticks_ms()
@@ -75,7 +78,8 @@ class CloudLink:
         self.state_after = None  # (action number, deadline): show an accepted command's effect
         self.state_seq = -1
         self.results = []  # cmd/result records waiting to be published
-        self.pending_events = []
+        self.pending_events = []  # event records' JSON text, oldest first
+        self.pending_bytes = 0
         self.last_error = None
         self.running = False
         # SNTP (v2g.timesync): loaded only while wanted, at ntp_at_ms
@@ -86,10 +90,16 @@ class CloudLink:
     # --- connection
 
     def _connect(self):
-        m = self.cfg["mqtt"]
-        c = Client(m["client_id"], self.host, self.port, m["user"], m["password"], self.keepalive_s, self.pkt)
-        c.set_last_will(self.t_status, b"offline", True, 1)
-        c.set_callback(self._on_message)
+        c = self.mqtt
+        if c is None:
+            # made once, kept for every reconnect (Client.renew)
+            m = self.cfg["mqtt"]
+            c = self.mqtt = Client(m["client_id"], self.host, self.port, m["user"], m["password"],
+                                   self.keepalive_s, self.pkt)
+            c.set_last_will(self.t_status, b"offline", True, 1)
+            c.set_callback(self._on_message)
+        else:
+            c.renew()
         stream = open_stream(self.host, self.port, _TIMEOUT_S, self.stream_context())
         c.open(stream, True)
         self.client = c
@@ -117,6 +127,7 @@ class CloudLink:
                 self.client.sock.close()
             except Exception:  # noqa: BLE001 - already broken
                 pass
+            self.client.renew()  # lets go of the stream (and its TLS session)
         was = self.connected
         self.client = None
         self.connected = False
@@ -163,9 +174,19 @@ class CloudLink:
     # --- outbound
 
     def _event(self, kind, fields):
-        self.pending_events.append(log.record(kind, fields, self.clock.time()))
-        if len(self.pending_events) > 64:
-            self.pending_events.pop(0)
+        self._queue_event(log.record(kind, fields, self.clock.time()))
+
+    def _queue_event(self, b):
+        # b: a record's JSON text (log.record). Bounded in bytes as well as in
+        # number: while the broker is away (or a TLS handshake finds no
+        # heap) events pile up, and 64 of them as dicts with their values
+        # were tens of KB of a 100 KB heap, making the next connect fail the
+        # same way. The oldest go first; telemetry is on flash, loses nothing.
+        q = self.pending_events
+        q.append(b)
+        self.pending_bytes += len(b)
+        while len(q) > _EVENTS_KEPT or (self.pending_bytes > _EVENT_BYTES and len(q) > 1):
+            self.pending_bytes -= len(q.pop(0))
 
     def _collect(self):
         """Move what the control thread produced into the outbox / queues."""
@@ -182,9 +203,8 @@ class CloudLink:
         if lost:
             # only if this thread stalled for 64 records' time (x1000 sims)
             self._event("telemetry_dropped", {"count": lost, "where": "before the outbox"})
-        self.pending_events.extend(self.shared.events.take())
-        if len(self.pending_events) > 64:
-            del self.pending_events[: len(self.pending_events) - 64]
+        for rec in self.shared.events.take():
+            self._queue_event(rec)
 
     def _publish_all(self):
         c = self.client
@@ -197,9 +217,10 @@ class CloudLink:
                 pid = c.publish(self.t_result, payload, False, 1, False)
             keep.append((pid, payload))
         self.results = keep
-        while self.pending_events:
-            c.publish(self.t_event, json.dumps(self.pending_events[0]).encode(), False, 1)
-            self.pending_events.pop(0)
+        q = self.pending_events
+        while q:
+            c.publish(self.t_event, q[0].encode(), False, 1)
+            self.pending_bytes -= len(q.pop(0))
         now = time.ticks_ms()
         sa = self.state_after
         st = self.shared.status
@@ -321,4 +342,6 @@ class CloudLink:
                 pass
         self.outbox.flush()
         self.connected = False
-        self.client = None  # its stream and TLS session go back to the heap
+        if self.mqtt is not None:
+            self.mqtt.renew()  # its stream and TLS session go back to the heap
+        self.client = None

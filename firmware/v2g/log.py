@@ -7,6 +7,8 @@
 import json
 import sys
 
+import _thread
+
 _clock = None
 quiet = False
 
@@ -16,24 +18,40 @@ def set_clock(clock):
     _clock = clock
 
 
+# two threads log: a line goes out in two writes (its text, then the
+# newline) under this lock, so no line is ever joined to its newline in a
+# third, longer string
+_lock = _thread.allocate_lock()
+
+
+def _emit(line):
+    with _lock:
+        sys.stdout.write(line)
+        sys.stdout.write("\n")
+
+
 def event(kind, fields=None):
     if quiet:
         return
     rec = {"t": _clock.time() if _clock else 0, "ev": kind}
     if fields:
         rec.update(fields)
-    # one write per line: two threads log, and a single write of a short
-    # line is not interleaved with another
-    sys.stdout.write(json.dumps(rec) + "\n")
+    _emit(json.dumps(rec))
 
 
 def record(kind, fields, ts):
-    """Log an event and return it as the record for the `event` topic."""
-    event(kind, fields)
-    rec = dict(fields)
-    rec["ev"] = kind
-    rec["ts"] = ts
-    return rec
+    """Log an event; -> its record for the `event` topic, JSON text (the
+    console line, with "ts" too): encoded once, and what the cloud link
+    queues is that text, a third of the heap of a dict with its values.
+    fields becomes the record: pass a dict made for it (with room: a
+    state_of() dict has it), not one that is kept."""
+    fields["ev"] = kind
+    fields["ts"] = ts
+    fields["t"] = _clock.time() if _clock else 0
+    line = json.dumps(fields)
+    if not quiet:
+        _emit(line)
+    return line
 
 
 def error(text):

@@ -194,6 +194,20 @@ class Client(MQTTClient):
         # that fragments a small heap. The caller may lend one made at boot.
         self._pkt = bytearray(PKT_MIN) if pkt is None else pkt
 
+    def renew(self):
+        """Back to a new session's state for the next open(). The cloud link
+        keeps one client for every reconnect: a new one each time is a
+        464-byte attribute table (64-bit port) wanted when a day of running
+        has left the heap in pieces, and at 104 KB that was what failed."""
+        self.sock = None
+        u = self._unacked
+        for i in range(len(u)):
+            u[i] = 0
+        self._unacked_i = 0
+        self._wait_pid = 0
+        self._suback = 0
+        self.last_rx_ms = self.last_tx_ms = time.ticks_ms()
+
     def awaiting(self, pid):
         """Whether QoS 1 packet pid is still waiting for its PUBACK (False
         once retired, once UNACKED_MAX later ones pushed it out, or for None)."""

@@ -1,6 +1,7 @@
 # test_clock_trust.py's MicroPython half: a Controller on a clock the case
 # moves, ticks and wall separately (host_tests/mp/cases.py). Wall times come
 # as unix seconds on the command line, so that the test holds them once.
+import json
 import cases
 from dead_inverter import DeadInverter
 from v2g import config, log
@@ -54,7 +55,7 @@ def _started(wall_s):
 
 
 def _evs(c, kind):
-    return [e for e in c.shared.events.take() if e["ev"] == kind]
+    return [e for e in map(json.loads, c.shared.events.take()) if e["ev"] == kind]
 
 
 def _snapshot(c):
@@ -115,7 +116,7 @@ def wall_clock_steps_back(evening_s):
         if c.plan.computed_at != before:
             replans.append(s)
         whys.append(why)
-        jumps += [e for e in c.shared.events.take() if e["ev"] in ("clock_jump", "dispatch_lapsed")]
+        jumps += [e for e in map(json.loads, c.shared.events.take()) if e["ev"] in ("clock_jump", "dispatch_lapsed")]
         while c.shared.telemetry.pop():
             samples += 1
     return {"jumps": jumps, "whys": whys, "samples": samples, "replans": replans}

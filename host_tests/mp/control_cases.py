@@ -26,7 +26,7 @@ def damaged_settings():
     c.apply_settings({"reserve_pct": "lots", "departure": [450], "mode": "turbo", "dispatch": None})
     c.apply_settings({"reserve_pct": 40, "mode": "idle"})
     r = c.shared.read()
-    return [[e["key"] for e in c.shared.events.take() if e["ev"] == "settings_ignored"], r["reserve_cpct"] / 100,
+    return [[e["key"] for e in map(json.loads, c.shared.events.take()) if e["ev"] == "settings_ignored"], r["reserve_cpct"] / 100,
             r["user_mode"]]
 
 
@@ -55,7 +55,7 @@ def internal_error_while_zeroing():
 
     c = Controller(config.load("examples/site.json"), Clock(), FailingInverter())
     c.run(stop_after_ticks=5)
-    evs = [e["ev"] for e in c.shared.events.take()]
+    evs = [e["ev"] for e in map(json.loads, c.shared.events.take())]
     return {"ticks": c.tick_no, "internal_errors": c.internal_errors, "setpoint_w": c.k[K.SP_W],
             "events": evs.count("internal_error")}
 
