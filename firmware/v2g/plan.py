@@ -133,6 +133,8 @@ class Plan:
         self.computed_version = self.settings.version
         dep = self.next_departure(now)
         self.departure_s = dep
+        cap = self.cap_wh / 100
+        floor = self.settings.reserve_pct * cap
         why = "plan_idle"
         if dep is None or dep - self.buffer_s > now + _HORIZON_S:
             # No departure within the horizon (a weekend, days the schedule
@@ -143,7 +145,7 @@ class Plan:
             # what keeps an unplanned trip possible meanwhile.
             end = now + _HORIZON_S
             in_buffer = False
-            target = self.settings.reserve_pct * (self.cap_wh / 100)
+            target = floor
             why = "no_departure_scheduled"  # none in the next 7 days
             if dep is not None:
                 why = "departure_days_away"
@@ -152,21 +154,20 @@ class Plan:
             in_buffer = end < now + 300
             if in_buffer:
                 # inside the departure buffer: only charging for the departure
-                # (the departure minute itself: up to the one after it)
-                nxt = None if dep > now + 60 else self.next_departure(dep + 60)
-                end = dep if dep > now + 60 else now + _HORIZON_S if nxt is None else min(
-                    nxt - self.buffer_s, now + _HORIZON_S)
-            target = self.target_pct() * (self.cap_wh / 100)
+                end = dep
+                if dep <= now + 60:
+                    # the departure minute itself: up to the one after it
+                    nxt = self.next_departure(dep + 60)
+                    end = now + _HORIZON_S if nxt is None else min(nxt - self.buffer_s, now + _HORIZON_S)
+            target = self.target_pct() * cap
         self.idle_why = why
         segs = self._segments(now, end)
         self.segments = segs
         n = len(segs)
-        cap = self.cap_wh / 100
         # SoC path at segment boundaries, battery Wh
         e = [soc_pct * cap] * (n + 1)
         cmax = [s.hours() * self.charge_w * self.eta_c for s in segs]
         dmax = [s.hours() * self.discharge_w / self.eta_d for s in segs]
-        floor = self.settings.reserve_pct * cap
         ceil_arb = self.soc_max_pct * cap
         day = None
         if self.export_cap_wh is not None:

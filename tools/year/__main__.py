@@ -28,7 +28,7 @@ import numpy as np
 
 from tools.sim.battery import _CELL_OCV
 from tools.sim.wear import MODELS, lfp_fade, nmc_fade
-from tools.year.mobility import sim_day_trips, year_trips
+from tools.year.mobility import departure_min_on_raw, sim_day_trips, year_trips
 
 ROOT = Path(__file__).resolve().parents[2]
 MICROPYTHON = ROOT / "build" / "venv" / "bin" / "micropython"
@@ -54,17 +54,6 @@ def validated(cfg_path):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def departure_min_on(cfg):
-    dep = cfg["departure"]
-    week = dep["week_min"]
-
-    def on(weekday):
-        m = dep["time"] if week is None else week[weekday]
-        return dep["time"] if m == -1 else m
-
-    return on
-
-
 def variants(raw):
     base = json.loads(json.dumps(raw))
     base["limits"]["discharge_w"] = 0
@@ -80,7 +69,7 @@ def run_year(raw_cfg, cfg, days, seed, out_dir, soc_pct=50.0, progress=print, st
     start_s = int(datetime.datetime(start.year, start.month, start.day, tzinfo=datetime.timezone.utc).timestamp()) \
         - cfg["utc_offset_min"] * 60
     if trips is None:
-        trips = year_trips(start, days, cfg["utc_offset_min"], departure_min_on(cfg), seed=seed)
+        trips = year_trips(start, days, cfg["utc_offset_min"], departure_min_on_raw(raw_cfg), seed=seed)
     trips_path = out_dir / "trips.json"
     trips_path.write_text(json.dumps({"start_s": start_s, "days": days, "soc_pct": soc_pct,
                                       "away": [[t["leave_s"], t["back_s"], t["wh"]] for t in trips]}))
