@@ -377,6 +377,20 @@ def test_packets_waiting_for_their_puback_cost_no_heap_however_many(broker):
     assert res["waited_retired"] and res["unacked_after_drain"] == 0, res
 
 
+def test_a_connect_that_finds_no_heap_is_a_failed_connect_with_backoff(tmp_path):
+    # In a 104 KB ROMFS heap the TLS handshake's 520-byte block was not
+    # always there: the MemoryError escaped the connect, and run() reported
+    # it as cloud_error every 20 ms pass (hundreds a second, each one
+    # queued) with no backoff. It is a failed connect: one event, then the
+    # next try only after the backoff (~1 s, never within the 0.4 s run).
+    res = run_mp("cloud_connect_memory", tmp_path / "store", timeout=30).json()
+    assert res["escaped"] is None, res
+    assert res["tries"] == 1 and not res["connected"], res
+    (kind, error, retry_ms), = res["events"]
+    assert kind == "cloud_connect_failed" and error.startswith("MemoryError"), res
+    assert 500 <= retry_ms <= 1000, res
+
+
 @pytest.mark.parametrize("after,timeout_s,step", [("nothing", 5, "connect"), ("connack", 2, "subscribe")])
 def test_a_broker_that_never_answers_costs_the_stream_timeout(after, timeout_s, step):
     # the cloud link opens its stream with 5 s: a hanging broker costs that

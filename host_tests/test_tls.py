@@ -65,23 +65,25 @@ def test_right_ca_connects_and_publishes(tmp_path, broker, live_inverter, firmwa
         cloud.close()
 
 
-def test_tls_from_a_romfs_image_in_104k_reconnects_on_the_context_made_at_boot(tmp_path, broker, live_inverter,
+def test_tls_from_a_romfs_image_in_112k_reconnects_on_the_context_made_at_boot(tmp_path, broker, live_inverter,
                                                                                firmware, pki):
     # The firmware as a ROMFS board runs it (bytecode in place from the
-    # image) in 104 KB of heap beyond the image. The target is 96 KB, which
+    # image) in 112 KB of heap beyond the image. The target is 96 KB, which
     # this test held until issue 11's restructuring (more modules and
     # functions, a status record and its copies) cost ~9 KB of what stays
-    # live after boot (90.5 KB on this 64-bit port). 100 KB now fails at
-    # boot: an instance's attribute table (592 bytes) finds no hole among
-    # the config validator's freed objects. Kept at the smallest size that
-    # passes so a further regression fails here; README "Heap" has the
-    # figures. The TLS context is made once at boot and kept: a reconnect late in a day needs no
-    # fresh 3 KB block (the failure `make bench` found) and does not read
-    # the CA file again - shown here by removing that file before the
-    # broker restarts.
+    # live after boot, and issue 12 (the car that comes and goes, weekly
+    # departures, wear-aware planning) more. 104 KB, where this test stood,
+    # is the edge: there the first TLS handshake found no free 520-byte
+    # block in 3 of 5 runs (CI failed on it), 108 KB passed 4 of 4. A guard
+    # at the edge fails at random, so it stands one 4 KB step above the
+    # smallest size that passed every run: a regression of more than that
+    # fails here; README "Heap" has the figures. The TLS context is made
+    # once at boot and kept: a reconnect late in a day needs no fresh 3 KB
+    # block (the failure `make bench` found) and does not read the CA file
+    # again - shown here by removing that file before the broker restarts.
     ca = tmp_path / "ca.der"
     ca.write_bytes((pki / "ca.der").read_bytes())
-    b, fw = start(tmp_path, broker, live_inverter, firmware, pki, ca=ca, heap="104k", romfs=True)
+    b, fw = start(tmp_path, broker, live_inverter, firmware, pki, ca=ca, heap="112k", romfs=True)
     ev = fw.wait_event("cloud_connected", timeout=20)
     assert ev and ev["tls"] is True, fw.output()[-2000:]
     ca.unlink()

@@ -286,8 +286,11 @@ class CloudLink:
                 return
             try:
                 self._connect()
-            except (OSError, IndexError, AssertionError, ValueError) as e:
-                # umqtt asserts on an unexpected CONNACK: same as a failure
+            except (OSError, IndexError, AssertionError, ValueError, MemoryError) as e:
+                # umqtt asserts on an unexpected CONNACK: same as a failure.
+                # MemoryError (a handshake's block not found in a fragmented
+                # heap): a failed connect too, retried after the backoff from
+                # a collected heap, never every pass
                 self._drop(e)
                 return
         if self.connected_ms is not None and time.ticks_diff(time.ticks_ms(), self.connected_ms) >= _STABLE_MS:

@@ -248,7 +248,15 @@ def _day(args, out, run_dir):
         # stretched reversion window, after which the inverter reverts to
         # 0 W by design (the controller is gone)
         at_stop = inverter.state() or {}
+        t_stop = time.monotonic()
         rc = firmware.stop()
+        stop_s = time.monotonic() - t_stop
+        if rc == -9:
+            # killed after the harness's wait: what it was doing when it hung
+            # is the one clue a CI log can keep
+            tail = firmware.output()[-2500:]
+            print(f"sim: the firmware did not stop within {stop_s:.1f} s of SIGINT; its last output:\n{tail}",
+                  file=sys.stderr)
         inverter.stop()
         cloud.stop()
         seen = cloud.summary()
@@ -264,6 +272,7 @@ def _day(args, out, run_dir):
                           warp=warp, wall_s=wall_s, firmware_rc=rc, cloud=seen,
                           reversions_running=at_stop.get("reversions"))
     rep["trips"] = trips
+    rep["firmware_stop_s"] = round(stop_s, 2)  # SIGINT to exit, wall time
     if vehicle_report is not None:
         rep["vehicle"] = {k: vehicle_report.get(k) for k in ("sent", "received", "counts", "undecodable")
                           if k in vehicle_report}
