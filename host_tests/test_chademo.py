@@ -521,3 +521,13 @@ def test_charger_stop_against_vehicle_simulator(tmp_path, where):
     assert 0x24 in seq[first_loop:stop], "energizing kept after the charging flag cleared"
     assert seq[stop:].count(0x05) >= 1, "the next session reached the charging loop"
     assert seq[-1] == 0x05
+
+
+def test_a_stopped_session_is_ended_once_the_car_is_told():
+    # a clean stop (SIGINT) exits when the session has ended: in CI the
+    # firmware left with the stopped state's frames not all sent, and the
+    # car's last 0x109 still said "locked"
+    at_transition, next_tick = run_mp("chademo_cases", "ended_once_told").json()
+    state, ended, sent = at_transition
+    assert state == "stopped" and len(sent) == 1 and not ended, at_transition
+    assert next_tick[:2] == ["stopped", True] and next_tick[2] == [0], next_tick

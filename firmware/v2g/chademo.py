@@ -459,10 +459,16 @@ class ChademoSession(VehicleSession):
 
     def ended(self):
         """True when no current flows or will without a new session or
-        start(): idle, stopped, fault, or a handshake that stop() holds."""
+        start(): idle, stopped, fault, or a handshake that stop() holds.
+        Stopped only once all of that state's frames are out (0x109 with
+        the connector lock released): a clean stop (SIGINT) that exited at
+        the transition while the TX side was busy (a full pty, the MCP2515's
+        three buffers) left the car with the last cycle's "locked", seen in
+        CI. A fault is ended at once: with the bus off nothing goes out."""
         st = self.state
-        return (st == IDLE or st == STOPPED or st == FAULT
-                or (st == HANDSHAKE and self.stop_wish is not None))
+        if st == STOPPED:
+            return self._told and not self._pending
+        return st == IDLE or st == FAULT or (st == HANDSHAKE and self.stop_wish is not None)
 
     # ------------------------------------------------------------ one tick
 
@@ -632,6 +638,7 @@ class ChademoSession(VehicleSession):
         old = self.state
         self.state = new
         self._t_state_ms = now_ms
+        self._told = False  # this state's frames not yet encoded
         self.transitions += 1
         self.last_transition = old + " -> " + new
         self.last_why = why
@@ -672,6 +679,7 @@ class ChademoSession(VehicleSession):
         self._rx_disabled = False  # 102.5.0 cleared after it was set,
         self._rx_bus_off = False  # and the health check's bus off
         self._pending = 0
+        self._told = False  # the current state's frames encoded (ended())
         self._late = 0  # frames the last cycle could not send: first in this one
         self._next_tx_ms = None
 
@@ -819,6 +827,7 @@ class ChademoSession(VehicleSession):
             self._late = self._pending
             self._estimate(now_ms)
             self._encode(now_ms)
+            self._told = True
             # The next deadline counts from the last one, so the period holds
             # on average whatever the caller's jitter; after a stall of a
             # whole cycle it restarts from now instead of sending a burst.

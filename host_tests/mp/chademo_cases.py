@@ -261,6 +261,28 @@ def charger_stop_waits():
     return [a, b, c, s2.state, s2.last_why]
 
 
+def ended_once_told():
+    # the car opens its contactors and the session stops; its frames go at
+    # once, but the TX buffers take only one of them this tick (a busy bus,
+    # the MCP2515's three buffers): ended(), what a clean stop waits for, is
+    # true only once all of them are out (0x109 with the connector unlocked)
+    bus, s, t = charging_session()
+    s.stop("shutdown")
+    car_cycle(bus, 14)
+    s.tick(t + 100, 3000)
+    s.set_measured(t + 130, 0, 380, 0)
+    car_cycle(bus, 0, 0, 0xC8)
+    bus.room = 1
+    bus.sent = []
+    s.tick(t + 130, 0)
+    at_transition = [s.state, s.ended(), [cid for cid, _ in bus.sent]]
+    bus.refill()
+    bus.sent = []
+    s.tick(t + 150, 0)
+    unlocked = [d[5] & 0x04 for cid, d in bus.sent if cid == 0x109]
+    return [at_transition, [s.state, s.ended(), unlocked]]
+
+
 def _plain_car(bus, req, status):
     # a car that declares no voltage below its target (0x100 min 0 V, no
     # 0x200): the watts-to-amps basis is its 410 V target
