@@ -89,6 +89,17 @@ BAD = [
     (lambda c: c["tariff"]["periods"][0].update(price=1), "tariff.periods[0].price", "unknown key"),
     (lambda c: c["tariff"]["periods"][0].pop("export"), "tariff.periods[0].export", "required"),
     (lambda c: c["tariff"]["periods"][2].update(start="10:60"), "tariff.periods[2].start", "MM 00-59"),
+    (set_path("tariff.seasons", []), "tariff.seasons", "non-empty"),
+    (set_path("tariff.seasons", {"summer": []}), "tariff.seasons", "non-empty list"),
+    (lambda c: c["tariff"]["seasons"][0]["months"].append(13), "tariff.seasons[0].months", "integers 1-12"),
+    (lambda c: c["tariff"]["seasons"][0].update(months=[]), "tariff.seasons[0].months", "non-empty"),
+    (lambda c: c["tariff"]["seasons"][0].update(months=[7, "8"]), "tariff.seasons[0].months", "integers 1-12"),
+    (lambda c: c["tariff"]["seasons"][0].update(months=[7, 7]), "tariff.seasons[0].months", "month 7 listed twice"),
+    (lambda c: c["tariff"]["seasons"][1]["months"].append(8), "tariff.seasons[1].months",
+     "month 8 is in another season too"),
+    (lambda c: c["tariff"]["seasons"][0]["periods"].pop(3), "tariff.seasons[0].periods", "gap from 11:00 to 12:00"),
+    (lambda c: c["tariff"]["seasons"][1].pop("periods"), "tariff.seasons[1].periods", "required"),
+    (lambda c: c["tariff"]["seasons"][1].update(hours=1), "tariff.seasons[1].hours", "unknown key"),
     (set_path("mqtt.port", 0), "mqtt.port", ">= 1"),
     (set_path("mqtt.tls", True), "mqtt.tls", "false or"),
     (set_path("mqtt.tls", {"ca": "/nonexistent/ca.der"}), "mqtt.tls.ca", "file not found"),
@@ -157,6 +168,18 @@ def test_wrapping_and_split_tariffs_are_accepted(tmp_path):
 def test_defaults_are_filled():
     res = run_mp("config_cases", "defaults")
     assert res.json() == [200, 10, "home-charger-01", "none", 23 * 60, 7 * 60 + 30, None, "lfp"]
+
+
+def test_tariff_seasons_give_each_month_its_periods():
+    # examples/site.json: summer (Jul-Sep) and winter (Dec, Jan) schedules
+    # with a critical peak; the other months keep tariff.periods; their
+    # "HH:MM" are minutes, as in tariff.periods.
+    months, july_start, valley_shared, critical_shared = run_mp("config_cases", "month_tariffs").json()
+    assert months == [[7, 1.31]] + [[6, 1.05]] * 5 + [[9, 1.31]] * 3 + [[6, 1.05]] * 2 + [[7, 1.31]]
+    assert july_start == 23 * 60
+    # a season's period equal to one of tariff.periods is that one object
+    # (kept live all day: each dict is ~190 bytes); an own one is its own
+    assert valley_shared is True and critical_shared is False
 
 
 def test_weekly_schedule_is_parsed_once_monday_first(tmp_path):

@@ -7,6 +7,10 @@ import pytest
 from conftest import ROOT, run_mp
 
 CFG = json.loads((ROOT / "examples" / "site.json").read_text())
+# The cases below are about the allocation against one day's schedule
+# (tariff.periods) and start on 1 January, a winter month of the example's
+# tariff.seasons: they keep the one schedule; the seasons have their own cases.
+SEASONS = CFG["tariff"].pop("seasons")
 T0 = 1767196800  # 2026-01-01 00:00 local (UTC+8) = 2025-12-31 16:00 UTC
 
 
@@ -223,3 +227,71 @@ def test_daily_v2g_cycle_cap_bounds_each_days_export(tmp_path):
     # 3.72 kWh exported already today as 701 counts it (AC): 4 kWh battery side, 2 kWh left today
     today = (now + 8 * 3600) // 86400
     assert out_by_day(late)[today] == pytest.approx(6000 - 4000, abs=2)
+
+
+def test_local_month_matches_the_calendar_on_both_epochs(tmp_path):
+    # v2g.clock.local_month in integers, for unix seconds and the firmware's
+    # own epoch (2026-01-01): every month's first and last day of every
+    # year to 2099 (leap Februaries among them), either side of midnight,
+    # east and west of UTC
+    import calendar
+
+    fw_epoch = calendar.timegm((2026, 1, 1, 0, 0, 0))
+    cases, want = [], []
+    for year in range(1970, 2100):
+        for month in range(1, 13):
+            last = calendar.monthrange(year, month)[1]
+            for day, sec in ((1, 0), (1, 59), (last, 86399), (last, 43200)):
+                local = calendar.timegm((year, month, day, 0, 0, 0)) + sec
+                for off in (480, -300):
+                    t = local - off * 60
+                    cases.append([t, off])
+                    want.append(month)
+                    if t >= fw_epoch:
+                        cases.append([t - fw_epoch, off])
+                        want.append(month)
+    path = tmp_path / "months.json"
+    path.write_text(json.dumps(cases))
+    got = run_mp("plan_cases", "months", path, heap="16m").json()
+    bad = [(c, w, g) for c, w, g in zip(cases, want, got) if w != g]
+    assert not bad, bad[:5]
+
+
+def _with_seasons():
+    cfg = copy.deepcopy(CFG)
+    cfg["tariff"]["seasons"] = copy.deepcopy(SEASONS)
+    return cfg
+
+
+def test_each_season_plans_with_its_own_periods_and_valley(tmp_path):
+    # examples/site.json: 6 August (summer: critical peaks 11-12 and 15-17),
+    # 6 January (winter: 18-20) and 6 June (tariff.periods), from 08:00 at
+    # 80 % with the departure next morning; the export goes to each day's
+    # best-paid hours, and "cheap" is each season's own valley
+    cfg = _with_seasons()
+    days = {"aug": 1785945600, "jan": 1767628800, "jun": 1781452800}  # 00:00 local (UTC+8)
+    res = plans(tmp_path, [(cfg, 80, t + 8 * 3600) for t in days.values()])
+    best = {}
+    for (name, t), r in zip(days.items(), res):
+        segs = r["segs"]
+        assert min(soc_path(cfg, 80, segs)) >= 30 - 1e-6
+        assert soc_path(cfg, 80, segs)[-1] >= 80
+        out = {((t0 - t) // 3600, (t1 - t) // 3600): (exp, d) for t0, t1, _, exp, _, d, _ in segs if d > 0}
+        best[name] = max(out, key=lambda k: out[k][1])
+        charged = {imp for _, _, imp, _, c, _, _ in segs if c > 0}
+        assert charged == {0.31}, (name, charged)
+    assert best["aug"] in ((11, 12), (15, 17)) and best["jan"] == (18, 20) and best["jun"] == (18, 21), best
+
+
+def test_a_period_past_midnight_ends_there_when_the_season_changes(tmp_path):
+    # 30 September 22:00 local: the summer's 23:00-07:00 valley stops at
+    # midnight, where October (tariff.periods) begins; within a season a
+    # wrapping period stays one segment
+    cfg = _with_seasons()
+    sep30 = 1790697600  # 00:00 local (UTC+8)
+    aug30 = sep30 - 31 * 86400
+    r_sep, r_aug = plans(tmp_path, [(cfg, 60, sep30 + 22 * 3600), (cfg, 60, aug30 + 22 * 3600)])
+    bounds = [((t0 - sep30) / 3600, (t1 - sep30) / 3600) for t0, t1, *_ in r_sep["segs"]][:3]
+    assert bounds == [(22, 23), (23, 24), (24, 31)], bounds
+    bounds = [((t0 - aug30) / 3600, (t1 - aug30) / 3600) for t0, t1, *_ in r_aug["segs"]][:2]
+    assert bounds == [(22, 23), (23, 31)], bounds

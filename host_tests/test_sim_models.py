@@ -484,6 +484,21 @@ def test_grid_tariff_wraps_midnight_and_honours_utc_offset():
     assert grid.cheapest_import() == 0.3
 
 
+def test_grid_tariff_seasons_follow_the_local_month():
+    # a summer schedule for July and August; 31 July 23:00 local (UTC+8) is
+    # summer's, 1 August 23:00 too, 1 September back to the base periods
+    summer = [{"start": "00:00", "end": "12:00", "import": 0.2, "export": 0.1},
+              {"start": "12:00", "end": "00:00", "import": 1.4, "export": 1.2}]
+    grid = Grid(TARIFF, utc_offset_min=480, seasons=[{"months": [7, 8], "periods": summer}])
+    jul31 = 1785456000 - 8 * 3600  # 2026-07-31 00:00 local
+    assert grid.price(jul31 + 23 * 3600) == (1.4, 1.2)
+    assert grid.price(jul31 + 86400 + 23 * 3600) == (1.4, 1.2)
+    sep1 = jul31 + 32 * 86400
+    assert grid.price(sep1 + 23 * 3600) == (0.3, 0.1)
+    assert grid.price(sep1 - 3600) == (1.4, 1.2)  # 31 August 23:00
+    assert grid.cheapest_import(jul31) == 0.2 and grid.cheapest_import(sep1) == 0.3
+
+
 def test_grid_frequency_noise_is_small_and_deterministic():
     a, b, c = Grid(seed=1), Grid(seed=1), Grid(seed=2)
     times = [1.7e9 + k * 7.3 for k in range(20000)]

@@ -202,6 +202,32 @@ def local_minute(clock_or_unix_s, utc_offset_min):
     return ((t // 60) + utc_offset_min) % 1440
 
 
+# Day of the year on which each month starts, in a common and a leap year.
+_MONTH_START = (0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334, 365)
+
+
+def local_month(t_s, utc_offset_min):
+    """1..12: the local month of t_s, seconds since 1970-01-01 or since
+    FW_EPOCH_UNIX (2026-01-01): both are 1 January of a year two after a
+    leap year, so one four-year cycle (365, 365, 366, 365 days) serves both,
+    and in integers, whose days count stays a small int on a board. Right
+    until 2100, the first year of that cycle that is not leap."""
+    d = (t_s + utc_offset_min * 60) // 86400 % 1461
+    leap = 0
+    if d >= 730:  # past the two common years
+        d -= 730
+        if d < 366:
+            leap = 1
+        else:
+            d -= 366
+    elif d >= 365:
+        d -= 365
+    m = 1
+    while m < 12 and d >= _MONTH_START[m] + (leap if m >= 2 else 0):
+        m += 1
+    return m
+
+
 def hhmm_to_min(text):
     """'HH:MM' -> minutes after midnight; ValueError with the rule broken."""
     if not isinstance(text, str) or len(text) != 5 or text[2] != ":":

@@ -16,6 +16,13 @@
 #   departure.week_min    None (no departure.schedule) | 7 entries, Monday
 #                         first: a minute of the local day, None (no
 #                         departure that day) or -1 (departure.time)
+# The tariff's seasons (a summer and a winter day, as Chinese provinces
+# publish them) are replaced by what the plan looks up, as the periods'
+# "HH:MM" are by minutes (the written list of seasons is not kept: a dozen
+# period dicts more would stay live all day in a ~100 KB heap):
+#   tariff.seasons        None (none given) | 12 entries, January first:
+#                         that month's validated periods, or None (the
+#                         month keeps tariff.periods)
 # HOST is a str, PORT an int in 1..65535. A raw config that has a
 # "link_parsed" key is refused like any unknown key.
 
@@ -33,7 +40,7 @@ _MAX_CLIENT_ID = const(23)
 # printed); the file is read whole into a heap of ~100 KB, so it is bounded
 # before it is read.
 MAX_BYTES = const(16384)
-# A config is 4 levels deep (tariff.periods[i]); json.loads recurses per level.
+# A config is 6 levels deep (tariff.seasons[i].periods[j]); json.loads recurses per level.
 _MAX_DEPTH = const(8)
 
 
@@ -266,11 +273,47 @@ def _periods(path, v):
     return out
 
 
+def _seasons(path, v):
+    # [{"months": [6, 7, 8, 9], "periods": [...]}, ...] -> 12 entries by
+    # month (see top); a month no season names keeps tariff.periods
+    if not isinstance(v, list) or not v:
+        raise ConfigError(path, "must be a non-empty list")
+    if len(v) > 12:
+        raise ConfigError(path, "at most 12 seasons")
+    by_month = [None] * 12
+    for i, season in enumerate(v):
+        spath = path + "[" + str(i) + "]"
+        out = _section(spath, season, _SEASON_SCHEMA)
+        for m in out["months"]:
+            if by_month[m - 1] is not None:
+                raise ConfigError(spath + ".months", "month %d is in another season too" % m)
+            by_month[m - 1] = out["periods"]
+    return tuple(by_month)
+
+
+def _months(path, v):
+    if not isinstance(v, list) or not v:
+        raise ConfigError(path, "must be a non-empty list of months 1-12")
+    for m in v:
+        if not isinstance(m, int) or isinstance(m, bool) or not 1 <= m <= 12:
+            raise ConfigError(path, "months are integers 1-12")
+        if v.count(m) > 1:
+            raise ConfigError(path, "month %d listed twice" % m)
+    return v
+
+
 _PERIOD_SCHEMA = {
     "start": (hhmm_to_min, REQUIRED),
     "end": (hhmm_to_min, REQUIRED),
     "import": (_num, REQUIRED),
     "export": (_num, REQUIRED),
+}
+
+
+_SEASON_SCHEMA = {
+    "name": (lambda p, v: _str(p, v, 32), None),  # "summer": for the reader, nothing depends on it
+    "months": (_months, REQUIRED),
+    "periods": (_periods, REQUIRED),
 }
 
 
@@ -353,6 +396,7 @@ SCHEMA = {
     },
     "tariff": {
         "periods": (_periods, REQUIRED),
+        "seasons": (_seasons, None),
         "currency": (lambda p, v: _str(p, v, 8), REQUIRED),
     },
     "plan": {
@@ -513,7 +557,26 @@ def validate(raw):
         # an explicit wear_cost_per_kwh keeps its meaning; without one the
         # chemistry and the pack's price say what a cycled kWh costs
         b["wear_cost_per_kwh"] = b["pack_price_per_kwh"] * _WEAR_SHARE[b["chemistry"]]
+    if cfg["tariff"]["seasons"] is not None:
+        _share_periods(cfg["tariff"])
     return cfg
+
+
+def _share_periods(tariff):
+    # A season's period equal to one held already (in tariff.periods or an
+    # earlier season) becomes that one object: seasons mostly repeat the
+    # base day's valley and flat periods, and each period dict is ~190
+    # bytes kept live all day on a 64-bit port (the example's 16 were 3 KB).
+    held = {}
+    for p in tariff["periods"]:
+        held[(p["start"], p["end"], p["import"], p["export"])] = p
+    done = []
+    for ps in tariff["seasons"]:
+        if ps is None or any(ps is d for d in done):  # a season's list is in each of its months
+            continue
+        done.append(ps)
+        for i, p in enumerate(ps):
+            ps[i] = held.setdefault((p["start"], p["end"], p["import"], p["export"]), p)
 
 
 _READ_CHUNK = const(1024)

@@ -22,7 +22,7 @@
 # Battery-side energy is what moves the SoC; limits and prices are on the AC
 # side: charging c battery-Wh takes c/eta_c from the grid, exporting d gives
 # d*eta_d.
-from v2g.clock import local_minute
+from v2g.clock import local_minute, local_month
 from v2g.guard import DEP_MARGIN_CPCT
 from v2g.settings import Settings
 
@@ -59,7 +59,16 @@ class Plan:
     def __init__(self, cfg, clock, settings=None):
         self.clock = clock
         self.settings = Settings(cfg) if settings is None else settings
-        self.periods = cfg["tariff"]["periods"]
+        tariff = cfg["tariff"]
+        self.periods = tariff["periods"]
+        # each month's periods (tariff.seasons; the same list for all twelve
+        # without) and the cheapest import among them: "cheap" and the value
+        # of energy left at the horizon are the season's, a summer valley
+        # is not a winter one
+        seasons = tariff.get("seasons") or (None,) * 12
+        self.month_periods = tuple(ps or self.periods for ps in seasons)
+        self.month_cheapest = tuple(min(p["import"] for p in ps) for ps in self.month_periods)
+        self.seasonal = any(seasons)
         self.utc_offset_min = cfg["utc_offset_min"]
         b = cfg["battery"]
         self.cap_wh = b["capacity_wh"]
@@ -76,7 +85,6 @@ class Plan:
         dep = cfg["departure"]
         self.buffer_s = dep["buffer_min"] * 60
         self.replan_s = cfg["plan"]["replan_s"]
-        self.cheapest_import = min(p["import"] for p in self.periods)
         self.segments = []
         self.computed_at = None
         self.computed_version = None  # settings.version the plan was made from
@@ -88,7 +96,7 @@ class Plan:
 
     def period_at(self, unix_s):
         m = local_minute(unix_s, self.utc_offset_min)
-        for p in self.periods:
+        for p in self.month_periods[local_month(unix_s, self.utc_offset_min) - 1]:
             s, e = p["start"], p["end"]
             if (s < e and s <= m < e) or (s > e and (m >= s or m < e)):
                 return p
@@ -113,12 +121,20 @@ class Plan:
     def _segments(self, now, end):
         segs = []
         t = now
+        off_s = self.utc_offset_min * 60
         while t < end:
             p = self.period_at(t)
             m = local_minute(t, self.utc_offset_min)
+            month = local_month(t, self.utc_offset_min)
             rem = (p["end"] - m) % 1440 or 1440
             t1 = min(end, (t // 60 + rem) * 60)
-            segs.append(Segment(t, t1, p["import"], p["export"], p["import"] <= self.cheapest_import))
+            if self.seasonal:
+                # a period that wraps past midnight ends there when the
+                # next day is in another season's month
+                midnight = ((t + off_s) // 86400 + 1) * 86400 - off_s
+                if t1 > midnight and local_month(midnight, self.utc_offset_min) != month:
+                    t1 = midnight
+            segs.append(Segment(t, t1, p["import"], p["export"], p["import"] <= self.month_cheapest[month - 1]))
             t = t1
         return segs
 
@@ -230,8 +246,11 @@ class Plan:
 
     def _arbitrage(self, segs, e, cmax, dmax, floor, ceil_arb, target, charge, discharge):
         n = len(segs)
+        if not n:
+            return
         eta_c, eta_d, wear = self.eta_c, self.eta_d, self.wear
-        v_end = self.cheapest_import / eta_c  # what surplus energy would cost to buy back
+        # what surplus energy would cost to buy back, in the season the horizon ends in
+        v_end = self.month_cheapest[local_month(segs[-1].t1, self.utc_offset_min) - 1] / eta_c
         for _ in range(4 * n + 4):
             best = None
             best_m = 1e-6

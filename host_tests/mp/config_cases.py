@@ -23,6 +23,19 @@ def defaults():
             c["departure"]["week_min"], c["battery"]["chemistry"]]
 
 
+def month_tariffs():
+    # examples/site.json's tariff per month, January first: (periods, top import)
+    c = config.load("examples/site.json")
+    t = c["tariff"]
+    out = []
+    for ps in t["seasons"]:
+        ps = ps or t["periods"]
+        out.append([len(ps), max(p["import"] for p in ps)])
+    # January's (winter's) valley is tariff.periods' own object: one dict held
+    shared = t["seasons"][0][0] is t["periods"][0] and t["seasons"][6][0] is t["periods"][0]
+    return [out, t["seasons"][6][0]["start"], shared, t["seasons"][6][3] is t["periods"][2]]
+
+
 def wear_costs(path):
     # PATH: a JSON list of raw configs -> each one's battery.wear_cost_per_kwh after validation
     return [config.validate(raw)["battery"]["wear_cost_per_kwh"] for raw in json.loads(open(path).read())]

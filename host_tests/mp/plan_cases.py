@@ -19,4 +19,11 @@ def plans(path):
     return out
 
 
+def months(path):
+    # PATH: [[t_s, utc_offset_min], ...] -> v2g.clock.local_month of each
+    from v2g.clock import local_month
+
+    return [local_month(t, off) for t, off in json.loads(open(path).read())]
+
+
 cases.main(globals())

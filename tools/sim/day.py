@@ -206,7 +206,8 @@ def _day(args, out, run_dir):
     cfg["inverter"]["revert_s"] = max(revert_s, int(0.5 * warp) + 1)
     cfg_path = out / "site.json"
     cfg_path.write_text(json.dumps(cfg, indent=2))
-    grid = Grid(site["tariff"]["periods"], nominal_hz=nominal, utc_offset_min=offset)
+    grid = Grid(site["tariff"]["periods"], nominal_hz=nominal, utc_offset_min=offset,
+                seasons=site["tariff"].get("seasons"))
     print(f"sim: {args.hours:g} h of {site['device_id']} from {args.date} 00:00 local, "
           f"warp x{warp:.0f} (~{args.wall_s:.0f} s), inverter on port {inverter.port}, "
           f"{broker_name} on port {broker_port}", flush=True)

@@ -9,6 +9,7 @@ ramp at a physical rate of change rather than stepping.
 
 import math
 import random
+import time
 
 _NOISE_HZ = 0.020  # the wander stays within +-20 mHz
 
@@ -20,12 +21,19 @@ def _minute_of_day(hhmm):
 
 class Grid:
     def __init__(self, tariff_periods=(), nominal_hz=50.0, events=(), utc_offset_min=0, seed=0,
-                 rocof_hz_per_s=1.0):
+                 rocof_hz_per_s=1.0, seasons=None):
+        """seasons: the config's tariff.seasons ([{"months": [...],
+        "periods": [...]}]); a month none names has tariff_periods."""
         self.nominal_hz = nominal_hz
         self.utc_offset_min = utc_offset_min
         self.rocof_hz_per_s = rocof_hz_per_s
         self.periods = [dict(p) for p in tariff_periods]
         self._spans = [(_minute_of_day(p["start"]), _minute_of_day(p["end"]), p) for p in self.periods]
+        self._month_spans = {}
+        for season in seasons or ():
+            spans = [(_minute_of_day(p["start"]), _minute_of_day(p["end"]), dict(p)) for p in season["periods"]]
+            for m in season["months"]:
+                self._month_spans[m] = spans
         self.events = [dict(e) for e in events]
         self.override_hz = None  # set_override_hz(): a test pins the frequency
         rng = random.Random(seed)
@@ -40,10 +48,17 @@ class Grid:
     def local_minute(self, sim_unix_s):
         return (int(sim_unix_s // 60) + self.utc_offset_min) % 1440
 
+    def spans(self, sim_unix_s):
+        """The periods of the season of that instant's local month."""
+        if not self._month_spans:
+            return self._spans
+        month = time.gmtime(int(sim_unix_s) + self.utc_offset_min * 60).tm_mon
+        return self._month_spans.get(month, self._spans)
+
     def period(self, sim_unix_s):
         """The tariff period in force at that instant (a dict from the config)."""
         minute = self.local_minute(sim_unix_s)
-        for start, end, period in self._spans:
+        for start, end, period in self.spans(sim_unix_s):
             if start < end:
                 inside = start <= minute < end
             else:  # wraps past midnight; start == end covers the whole day
@@ -57,8 +72,9 @@ class Grid:
         period = self.period(sim_unix_s)
         return period["import"], period["export"]
 
-    def cheapest_import(self):
-        return min(p["import"] for p in self.periods)
+    def cheapest_import(self, sim_unix_s=0):
+        """The cheapest import price of that instant's season."""
+        return min(p["import"] for _, _, p in self.spans(sim_unix_s))
 
     # ---- frequency ------------------------------------------------------------
 

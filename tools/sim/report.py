@@ -26,7 +26,6 @@ def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wal
     firmware was stopped (default: the last sample's). One after that is
     the design working - the controller is gone, the inverter falls back to
     0 W - not a fault of the day."""
-    cheapest = grid.cheapest_import()
     e_in = e_out = cheap_in = cost = revenue = 0.0
     for a, b in zip(samples, samples[1:]):
         mid = (a["sim_s"] + b["sim_s"]) / 2
@@ -35,7 +34,7 @@ def build(site, samples, fw_events, grid, start_s, end_s, freq_events, warp, wal
         d_out = b["wh_out"] - a["wh_out"]
         e_in += d_in
         e_out += d_out
-        if imp <= cheapest:
+        if imp <= grid.cheapest_import(mid):  # the season's valley
             cheap_in += d_in
         cost += d_in / 1000 * imp
         revenue += d_out / 1000 * exp

@@ -93,17 +93,38 @@ def run_year(raw_cfg, cfg, days, seed, out_dir, soc_pct=50.0, progress=print, st
     return traces, trips, start_s, totals
 
 
-def prices(cfg, t_s):
-    """Import and export price at each tick (local minute of the day)."""
+def _day_table(periods):
     imp = np.zeros(1440)
     exp = np.zeros(1440)
-    for p in cfg["tariff"]["periods"]:
+    for p in periods:
         s, e = p["start"], p["end"]
         mins = np.arange(s, e) if s < e else np.r_[np.arange(s, 1440), np.arange(0, e)]
         imp[mins] = p["import"]
         exp[mins] = p["export"]
-    m = ((t_s + cfg["utc_offset_min"] * 60) // 60) % 1440
-    return imp[m], exp[m], imp.min()
+    return imp, exp
+
+
+def prices(cfg, t_s):
+    """Import and export price at each tick (local minute of the day, in
+    its month's season: tariff.seasons), and the cheapest import of that
+    season (what "off-peak" means that day)."""
+    t = cfg["tariff"]
+    by_month = t.get("seasons") or [None] * 12  # validated: by month
+    local = np.asarray(t_s, dtype=np.int64) + cfg["utc_offset_min"] * 60
+    minute = (local // 60) % 1440
+    month0 = local.astype("datetime64[s]").astype("datetime64[M]").astype(np.int64) % 12  # January = 0
+    imp = np.zeros(len(local))
+    exp = np.zeros(len(local))
+    cheapest = np.zeros(len(local))
+    for k in range(12):
+        sel = month0 == k
+        if not sel.any():
+            continue
+        ti, te = _day_table(by_month[k] or t["periods"])
+        imp[sel] = ti[minute[sel]]
+        exp[sel] = te[minute[sel]]
+        cheapest[sel] = ti.min()
+    return imp, exp, cheapest
 
 
 def cell_v(soc):
@@ -130,7 +151,7 @@ def measure(cfg, trace, t_s):
         "offpeak_charge_share": float(wh_in[imp <= cheapest].sum() / wh_in.sum()) if wh_in.sum() else 1.0,
         "efc_total": float(np.abs(np.diff(soc)).sum() / 2 / 100),
         "capacity_fade_pct": 100 * fade, "fade_calendar_pct": 100 * fade_cal, "fade_cycling_pct": 100 * fade_cyc,
-        "wh_in_by_tick": wh_in, "wh_out_by_tick": wh_out, "imp": imp, "exp": exp, "cap": cap,
+        "wh_in_by_tick": wh_in, "wh_out_by_tick": wh_out, "imp": imp, "exp": exp, "cheapest": cheapest, "cap": cap,
     }
 
 
@@ -179,7 +200,7 @@ def monthly(m, t_s, cfg, fade_by_month):
         if not sel.any():
             continue
         wi, wo = m["wh_in_by_tick"][sel], m["wh_out_by_tick"][sel]
-        cheap = m["imp"][sel] <= m["imp"].min()
+        cheap = m["imp"][sel] <= m["cheapest"][sel]
         out.append({"month": k, "energy_in_wh": float(wi.sum()), "energy_out_wh": float(wo.sum()),
                     "owner_net": float((wo * m["exp"][sel]).sum() / 1000 - (wi * m["imp"][sel]).sum() / 1000),
                     "offpeak_charge_share": float(wi[cheap].sum() / wi.sum()) if wi.sum() else 1.0,
