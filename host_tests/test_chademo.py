@@ -531,3 +531,13 @@ def test_a_stopped_session_is_ended_once_the_car_is_told():
     state, ended, sent = at_transition
     assert state == "stopped" and len(sent) == 1 and not ended, at_transition
     assert next_tick[:2] == ["stopped", True] and next_tick[2] == [0], next_tick
+
+
+def test_a_stopped_session_is_ended_with_frames_still_pending():
+    # three TX buffers, five frames a cycle: "every frame out" never holds,
+    # and a clean stop waited its whole 3 s; the stopped 0x109 is what counts
+    ticks = run_mp("chademo_cases", "ended_with_three_buffers").json()
+    for st, ended, sent_109 in ticks:
+        # each tick a stopped 0x109 with the connector unlocked (b5.2 clear)
+        assert st == "stopped" and sent_109 == [[0x109, 0]], ticks
+        assert ended, ticks

@@ -364,7 +364,8 @@ def run_deployed(root, env, main="main.py"):
     inverter and picked a mode, then SIGINT -> (first event of each kind,
     output lines, exit code)."""
     proc = subprocess.Popen([MICROPYTHON, main], cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            preexec_fn=children.block_stop_signals)  # as make run starts it
     events, lines = {}, []
 
     def read():

@@ -20,6 +20,9 @@ same run, written to build/bench/results.json (one flat object of numbers).
                                        2 min of the control thread beside a cloud-like and two
                                        REPL-helper threads on its status record and inbox
                                        (tools/bench_threads.py)
+    stopsig_failed_{handler,polled}    two allocating threads stopped by SIGINT at random:
+                                       the port's handler vs the firmware's polled set
+                                       (tools/bench_stopsig.py)
 
     make bench               all of them (several minutes: the heap search runs
                              a simulated day per probe)
@@ -99,6 +102,12 @@ def bench_soak(results):
     bench_soak.run(results)
 
 
+def bench_stopsig(results):
+    from tools import bench_stopsig
+
+    bench_stopsig.run(results)
+
+
 def bench_threads(results):
     from tools import bench_threads
 
@@ -106,7 +115,7 @@ def bench_threads(results):
 
 
 BENCHES = [bench_kernel, bench_refresh, bench_modbus, bench_can, bench_jitter, bench_drain, bench_heap, bench_heap32,
-           bench_soak, bench_threads]
+           bench_soak, bench_threads, bench_stopsig]
 
 
 def main():

@@ -15,6 +15,7 @@ out (normal exit, an exception during start-up, Ctrl-C, SIGTERM, kill -9):
 import atexit
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -50,6 +51,14 @@ def spawn(cmd, stop_sig=signal.SIGTERM, death_sig=signal.SIGKILL, preexec_fn=Non
     return proc
 
 
+def block_stop_signals():
+    """For preexec_fn: the child starts with SIGINT and SIGTERM blocked (a
+    mask exec keeps). The firmware on the unix port then reads them as
+    pending instead of taking them in a handler (firmware/v2g/hal/stopsig.py
+    says why: the port's handler breaks its garbage collector)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def end(proc, sig=None, timeout=10):
     """Ask a child to stop (sig, else the stop signal it was spawned with),
     then make sure: SIGKILL after `timeout` s. -> its exit status."""
@@ -59,12 +68,49 @@ def end(proc, sig=None, timeout=10):
             try:
                 proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
+                proc.hung_threads = threads_of(proc.pid)
                 proc.kill()
                 proc.wait(5)
     finally:
         if proc in _live:
             _live.remove(proc)
     return proc.returncode
+
+
+def threads_of(pid):
+    """What each thread of a live process is doing, from /proc (no
+    debugger needed): "tid state wchan syscall" lines. Taken just before a
+    hung child is killed: a thread asleep in futex_wait while another polls
+    tells a lock from a slow peer, the one clue a CI log can keep."""
+    lines = []
+    try:
+        tids = sorted(os.listdir(f"/proc/{pid}/task"), key=int)
+    except OSError:
+        return ""
+    for tid in tids:
+        parts = [tid]
+        for name in ("stat", "wchan", "syscall"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                    text = f.read().strip()
+            except OSError:
+                text = "?"
+            if name == "stat":
+                text = text.rsplit(")", 1)[-1].split()[0]
+            elif name == "syscall":
+                text = " ".join(text.split()[:3])  # number, first two arguments
+            parts.append(text)
+        lines.append(" ".join(parts))
+    gdb = shutil.which("gdb")
+    if gdb:
+        # with a debugger on the machine, where in the code each thread is
+        try:
+            res = subprocess.run([gdb, "-p", str(pid), "-batch", "-ex", "thread apply all bt 20"],
+                                 capture_output=True, text=True, timeout=60)
+            lines.append(res.stdout[-6000:])
+        except (OSError, subprocess.SubprocessError) as e:
+            lines.append(f"gdb: {e}")
+    return "\n".join(lines)
 
 
 def end_all():

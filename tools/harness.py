@@ -285,6 +285,7 @@ class Firmware:
         self.proc = children.spawn(
             [MICROPYTHON, *heap_args, *main, str(config_path), "--boards", str(ROOT / "board_configs")],
             stop_sig=signal.SIGINT,  # the firmware stops cleanly on SIGINT
+            preexec_fn=children.block_stop_signals,  # read as pending (v2g/hal/stopsig.py)
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mp_env(env), cwd=ROOT)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -1,9 +1,10 @@
 """`make run CONFIG=FILE`: the firmware on the unix port until SIGINT/SIGTERM.
 
-The unix port has no `signal` module: SIGINT is its KeyboardInterrupt (a
-clean stop: 0 W, then `offline`), and SIGTERM would kill it on the spot with
-power still flowing. So the firmware runs in its own process group with
-SIGTERM ignored (a disposition exec keeps), and this launcher turns every
+The firmware runs in its own process group with SIGINT and SIGTERM blocked
+(a mask exec keeps): they stay pending, and its cloud loop reads the pending
+set and stops cleanly (0 W, then `offline`), as for Ctrl-C. The unix port's
+own SIGINT handler is never used: it breaks the port's garbage collector
+with two threads (firmware/v2g/hal/stopsig.py). This launcher turns every
 SIGINT or SIGTERM it gets into exactly one SIGINT for the firmware: a
 Ctrl-C in the terminal or a SIGTERM to the whole group (timeout, systemd)
 reaches the firmware once, never a second time in the middle of its stop.
@@ -24,8 +25,11 @@ from tools import children  # noqa: E402
 
 def _child_setup():
     os.setpgid(0, 0)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+    # both blocked (a mask exec keeps): pending, read by the firmware's
+    # cloud loop, never taken by the port's handler, which breaks its GC
+    children.block_stop_signals()
 
 
 def main(argv):

@@ -235,6 +235,12 @@ def main(argv=None):
     log.set_clock(clock)
     app = App(cfg, board, clock, path, shared, rec)
     current = app
+    if sys.platform == "linux":
+        # SIGINT/SIGTERM as a pending set the cloud loop reads, when the
+        # launcher blocked them (v2g.hal.stopsig says why)
+        from v2g.hal.stopsig import StopSignals
+
+        app.cloud.stop_signals = StopSignals()
     import gc
 
     # Collect early and often: small, regular collections keep the heap less

@@ -460,14 +460,16 @@ class ChademoSession(VehicleSession):
     def ended(self):
         """True when no current flows or will without a new session or
         start(): idle, stopped, fault, or a handshake that stop() holds.
-        Stopped only once all of that state's frames are out (0x109 with
-        the connector lock released): a clean stop (SIGINT) that exited at
-        the transition while the TX side was busy (a full pty, the MCP2515's
-        three buffers) left the car with the last cycle's "locked", seen in
-        CI. A fault is ended at once: with the bus off nothing goes out."""
+        Stopped only once a 0x109 of that state is out (the connector lock
+        released): a clean stop (SIGINT) that exited at the transition
+        while the TX side was busy (a full pty, the MCP2515's three
+        buffers) left the car with the last cycle's "locked", seen in CI.
+        Not "every frame out": with three buffers and five frames a cycle
+        some are always pending, and the stop would always wait its 3 s.
+        A fault is ended at once: with the bus off nothing goes out."""
         st = self.state
         if st == STOPPED:
-            return self._told and not self._pending
+            return self._sent_109
         return st == IDLE or st == FAULT or (st == HANDSHAKE and self.stop_wish is not None)
 
     # ------------------------------------------------------------ one tick
@@ -639,6 +641,7 @@ class ChademoSession(VehicleSession):
         self.state = new
         self._t_state_ms = now_ms
         self._told = False  # this state's frames not yet encoded
+        self._sent_109 = False  # nor its 0x109 sent
         self.transitions += 1
         self.last_transition = old + " -> " + new
         self.last_why = why
@@ -679,7 +682,8 @@ class ChademoSession(VehicleSession):
         self._rx_disabled = False  # 102.5.0 cleared after it was set,
         self._rx_bus_off = False  # and the health check's bus off
         self._pending = 0
-        self._told = False  # the current state's frames encoded (ended())
+        self._told = False  # the current state's frames encoded
+        self._sent_109 = False  # a 0x109 of the current state sent (ended())
         self._late = 0  # frames the last cycle could not send: first in this one
         self._next_tx_ms = None
 
@@ -858,6 +862,9 @@ class ChademoSession(VehicleSession):
                 mask &= ~flag
                 self._pending &= ~flag
                 self.tx_frames += 1
+                if flag == _TX_109 and self._told:
+                    # encoded since the transition: it carries this state
+                    self._sent_109 = True
         return True
 
     def _status_byte(self, now_ms):

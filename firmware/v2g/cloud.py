@@ -49,6 +49,7 @@ class CloudLink:
         self.cfg = cfg
         self.clock = clock
         self.shared = shared  # the control loop's port (v2g.shared): all this thread sees of it
+        self.stop_signals = None  # unix port: v2g.hal.stopsig.StopSignals, polled each pass
         self.rec = shared.read(rec)  # this thread's copy of the status record, refilled in place
         self.outbox = outbox
         self.commands = commands
@@ -318,6 +319,9 @@ class CloudLink:
         while self.running:
             if self.shared.interrupted:  # Ctrl-C that reached the control thread
                 self.shared.interrupted = False
+                raise KeyboardInterrupt
+            sigs = self.stop_signals
+            if sigs is not None and sigs.pending():  # SIGINT/SIGTERM, blocked and pending
                 raise KeyboardInterrupt
             try:
                 self.step()

@@ -261,16 +261,22 @@ def charger_stop_waits():
     return [a, b, c, s2.state, s2.last_why]
 
 
-def ended_once_told():
-    # the car opens its contactors and the session stops; its frames go at
-    # once, but the TX buffers take only one of them this tick (a busy bus,
-    # the MCP2515's three buffers): ended(), what a clean stop waits for, is
-    # true only once all of them are out (0x109 with the connector unlocked)
+def _stopping_session():
+    # charging, then stopped by the charger; the current has come down
     bus, s, t = charging_session()
     s.stop("shutdown")
     car_cycle(bus, 14)
     s.tick(t + 100, 3000)
     s.set_measured(t + 130, 0, 380, 0)
+    return bus, s, t
+
+
+def ended_once_told():
+    # the car opens its contactors and the session stops; its frames go at
+    # once, but the TX buffers take only one of them this tick (a busy bus,
+    # the MCP2515's three buffers): ended(), what a clean stop waits for, is
+    # true only once its 0x109 is out (the connector unlocked)
+    bus, s, t = _stopping_session()
     car_cycle(bus, 0, 0, 0xC8)
     bus.room = 1
     bus.sent = []
@@ -281,6 +287,22 @@ def ended_once_told():
     s.tick(t + 150, 0)
     unlocked = [d[5] & 0x04 for cid, d in bus.sent if cid == 0x109]
     return [at_transition, [s.state, s.ended(), unlocked]]
+
+
+def ended_with_three_buffers():
+    # stopped while the TX side takes three frames a tick and a V2H cycle
+    # has five: some frames are always pending, yet the session is ended
+    # as soon as a stopped-state 0x109 (connector unlocked) has gone out
+    bus, s, t = _stopping_session()
+    bus.tx_room = 3
+    out = []
+    for i in range(6):
+        car_cycle(bus, 0, 0, 0xC8)
+        bus.refill()
+        bus.sent = []
+        s.tick(t + 200 + 100 * i, 0)
+        out.append([s.state, s.ended(), [[cid, d[5] & 0x04] for cid, d in bus.sent if cid == 0x109]])
+    return out
 
 
 def _plain_car(bus, req, status):

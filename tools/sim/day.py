@@ -256,8 +256,9 @@ def _day(args, out, run_dir):
             # killed after the harness's wait: what it was doing when it hung
             # is the one clue a CI log can keep
             tail = firmware.output()[-2500:]
-            print(f"sim: the firmware did not stop within {stop_s:.1f} s of SIGINT; its last output:\n{tail}",
-                  file=sys.stderr)
+            threads = getattr(firmware.proc, "hung_threads", "")
+            print(f"sim: the firmware did not stop within {stop_s:.1f} s of SIGINT; its threads "
+                  f"(tid state wchan syscall):\n{threads}\nits last output:\n{tail}", file=sys.stderr)
         inverter.stop()
         cloud.stop()
         seen = cloud.summary()
