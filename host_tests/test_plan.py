@@ -295,3 +295,40 @@ def test_a_period_past_midnight_ends_there_when_the_season_changes(tmp_path):
     assert bounds == [(22, 23), (23, 24), (24, 31)], bounds
     bounds = [((t0 - aug30) / 3600, (t1 - aug30) / 3600) for t0, t1, *_ in r_aug["segs"]][:2]
     assert bounds == [(22, 23), (23, 31)], bounds
+
+
+def test_a_new_month_in_the_same_season_does_not_cut_the_night(tmp_path):
+    # 31 July -> 1 August (both summer) and 28 February -> 1 March (both
+    # tariff.periods): the valley stays one segment across midnight
+    cfg = _with_seasons()
+    jul31, feb28 = 1785427200, 1803744000  # 00:00 local (UTC+8)
+    res = plans(tmp_path, [(cfg, 60, jul31 + 22 * 3600), (cfg, 60, feb28 + 22 * 3600)])
+    for day, r in zip((jul31, feb28), res):
+        bounds = [((t0 - day) / 3600, (t1 - day) / 3600) for t0, t1, *_ in r["segs"]][:2]
+        assert bounds == [(22, 23), (23, 31)], (day, bounds)
+
+
+def test_cheap_is_each_seasons_own_valley(tmp_path):
+    # a summer valley at 0.20 and the rest of the year's at 0.31: June's
+    # 0.31 night is still its cheap period, so June exports at its evening
+    # peak against the night's recharge, and August recharges at 0.20. A
+    # plan with one cheapest price for the year (0.20) finds no cheap
+    # period in June and exports nothing there
+    cfg = _with_seasons()
+    for season in cfg["tariff"]["seasons"]:
+        if season["name"] == "summer":
+            for p in season["periods"]:
+                if p["import"] == 0.31:
+                    p["import"] = 0.2
+    days = {"aug": 1785945600, "jun": 1781452800}  # 00:00 local (UTC+8)
+    res = plans(tmp_path, [(cfg, 80, t + 8 * 3600) for t in days.values()])
+    for (name, t), r in zip(days.items(), res):
+        segs = r["segs"]
+        assert soc_path(cfg, 80, segs)[-1] >= 80
+        charged = {imp for _, _, imp, _, c, _, _ in segs if c > 0}
+        exported = {((t0 - t) // 3600, (t1 - t) // 3600) for t0, t1, _, _, _, d, _ in segs if d > 0}
+        assert charged == {"aug": {0.2}, "jun": {0.31}}[name], (name, charged)
+        assert exported, (name, segs)
+    jun_out = {((t0 - days["jun"]) // 3600, (t1 - days["jun"]) // 3600)
+               for t0, t1, _, _, _, d, _ in res[1]["segs"] if d > 0}
+    assert (18, 21) in jun_out, jun_out

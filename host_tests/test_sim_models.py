@@ -481,7 +481,7 @@ def test_grid_tariff_wraps_midnight_and_honours_utc_offset():
     assert grid.price(day + 21 * 3600 + 59 * 60) == (1.1, 0.9)
     east = Grid(TARIFF, utc_offset_min=480)  # UTC+8: 10:00 UTC is 18:00 local
     assert east.price(day + 10 * 3600) == (1.1, 0.9)
-    assert grid.cheapest_import() == 0.3
+    assert grid.cheapest_import(0) == 0.3
 
 
 def test_grid_tariff_seasons_follow_the_local_month():

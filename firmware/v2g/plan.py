@@ -130,9 +130,13 @@ class Plan:
             t1 = min(end, (t // 60 + rem) * 60)
             if self.seasonal:
                 # a period that wraps past midnight ends there when the
-                # next day is in another season's month
+                # next day is in another season (other periods: the config
+                # gives a season's months, and a season equal to
+                # tariff.periods, one shared list); 31 July to 1 August
+                # stays one segment
                 midnight = ((t + off_s) // 86400 + 1) * 86400 - off_s
-                if t1 > midnight and local_month(midnight, self.utc_offset_min) != month:
+                mp = self.month_periods
+                if t1 > midnight and mp[local_month(midnight, self.utc_offset_min) - 1] is not mp[month - 1]:
                     t1 = midnight
             segs.append(Segment(t, t1, p["import"], p["export"], p["import"] <= self.month_cheapest[month - 1]))
             t = t1

@@ -72,7 +72,7 @@ class Grid:
         period = self.period(sim_unix_s)
         return period["import"], period["export"]
 
-    def cheapest_import(self, sim_unix_s=0):
+    def cheapest_import(self, sim_unix_s):
         """The cheapest import price of that instant's season."""
         return min(p["import"] for _, _, p in self.spans(sim_unix_s))
 
