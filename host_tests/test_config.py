@@ -165,6 +165,61 @@ def test_wrapping_and_split_tariffs_are_accepted(tmp_path):
     assert validate_many(tmp_path, ok) == ["ok"] * len(ok)
 
 
+def _coverage_oracle(periods):
+    # the rule as a minute map (the firmware's former code): the first
+    # error in period order, then the first gap -> "path: rule" or "ok"
+    owner = [0] * 1440
+    for i, (s, e) in enumerate(periods):
+        if s == e:
+            return f"tariff.periods[{i}]: start and end must differ"
+        m = s
+        while m != e:
+            if owner[m]:
+                return f"tariff.periods[{i}]: overlaps periods[{owner[m] - 1}] at {m // 60:02d}:{m % 60:02d}"
+            owner[m] = i + 1
+            m = (m + 1) % 1440
+    for m in range(1440):
+        if not owner[m]:
+            e = m
+            while e < 1440 and not owner[e]:
+                e += 1
+            e %= 1440
+            return f"tariff.periods: gap from {m // 60:02d}:{m % 60:02d} to {e // 60:02d}:{e % 60:02d}"
+    return "ok"
+
+
+def test_tariff_coverage_errors_match_a_minute_map(tmp_path):
+    # the firmware checks coverage by interval arithmetic (no 1440-byte map
+    # at boot); random schedules, many of them a tiling with one edge moved
+    import random
+
+    rnd = random.Random(7)
+    cases, want = [], []
+    for _ in range(300):
+        n = rnd.randint(1, 6)
+        cuts = sorted(rnd.sample(range(0, 1440, 15), n))
+        shift = rnd.choice([0, 0, rnd.randrange(0, 1440, 15)])
+        spans = [((cuts[k] + shift) % 1440, (cuts[(k + 1) % n] + shift) % 1440) for k in range(n)]
+        if n == 1:
+            spans = [(cuts[0], (cuts[0] + rnd.choice([0, 15, 720, 1425])) % 1440)]
+        rnd.shuffle(spans)
+        if rnd.random() < 0.7:
+            k = rnd.randrange(n)
+            s, e = spans[k]
+            spans[k] = (s, (e + rnd.choice([-60, -15, 15, 60, 0])) % 1440)
+        cfg = copy.deepcopy(BASE)
+        cfg["tariff"].pop("seasons", None)
+        cfg["tariff"]["periods"] = [{"start": f"{s // 60:02d}:{s % 60:02d}", "end": f"{e // 60:02d}:{e % 60:02d}",
+                                     "import": 0.5, "export": 0.2} for s, e in spans]
+        cases.append(cfg)
+        want.append(_coverage_oracle(spans))
+    got = validate_many(tmp_path, cases)
+    kinds = {w.split(": ", 1)[-1].split(" ")[0] for w in want}
+    assert {"ok", "overlaps", "gap", "start"} <= kinds, kinds  # every outcome is exercised
+    bad = [(c["tariff"]["periods"], w, g) for c, w, g in zip(cases, want, got) if w != g]
+    assert not bad, bad[:3]
+
+
 def test_defaults_are_filled():
     res = run_mp("config_cases", "defaults")
     assert res.json() == [200, 10, "home-charger-01", "none", 23 * 60, 7 * 60 + 30, None, "lfp"]

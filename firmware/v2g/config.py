@@ -319,27 +319,50 @@ _SEASON_SCHEMA = {
 
 def _check_coverage(path, periods):
     # Each minute of the day must belong to exactly one period. start == end
-    # would be an empty (or ambiguous full-day) period: refused.
-    owner = bytearray(1440)  # 0 = free, else index + 1
+    # would be an empty (or ambiguous full-day) period: refused. Interval
+    # arithmetic, not a minute map: the map was a 1440-byte block per
+    # schedule at boot, where the heap is at its peak (with seasons it was
+    # where a 104 KB ROMFS heap ran out).
     for i, p in enumerate(periods):
         s, e = p["start"], p["end"]
         if s == e:
             raise ConfigError(path + "[" + str(i) + "]", "start and end must differ")
-        m = s
-        while m != e:
-            if owner[m]:
-                raise ConfigError(
-                    path + "[" + str(i) + "]",
-                    "overlaps periods[" + str(owner[m] - 1) + "] at " + min_to_hhmm(m),
-                )
-            owner[m] = i + 1
-            m = (m + 1) % 1440
-    for m in range(1440):
-        if not owner[m]:
-            e = m
-            while e < 1440 and not owner[e]:
-                e += 1
-            raise ConfigError(path, "gap from " + min_to_hhmm(m) + " to " + min_to_hhmm(e % 1440))
+        n = (e - s) % 1440
+        # the first minute of this period (walking from its start) that an
+        # earlier one holds; earlier ones do not overlap each other
+        first, owner = n, -1
+        for j in range(i):
+            q = periods[j]
+            if (s - q["start"]) % 1440 < (q["end"] - q["start"]) % 1440:
+                d = 0  # starts inside period j
+            else:
+                d = (q["start"] - s) % 1440  # period j starts d minutes in
+            if d < first:
+                first, owner = d, j
+        if owner >= 0:
+            raise ConfigError(
+                path + "[" + str(i) + "]",
+                "overlaps periods[" + str(owner) + "] at " + min_to_hhmm((s + first) % 1440),
+            )
+    # the first free minute is 0 or just after a period; its gap runs to
+    # the next period's start (or midnight)
+    gap = 1440
+    for m in [0] + [p["end"] for p in periods]:
+        if m < gap and not _covered(periods, m):
+            gap = m
+    if gap < 1440:
+        e = 1440
+        for p in periods:
+            if gap < p["start"] < e:
+                e = p["start"]
+        raise ConfigError(path, "gap from " + min_to_hhmm(gap) + " to " + min_to_hhmm(e % 1440))
+
+
+def _covered(periods, m):
+    for p in periods:
+        if (m - p["start"]) % 1440 < (p["end"] - p["start"]) % 1440:
+            return True
+    return False
 
 
 def min_to_hhmm(m):
