@@ -220,6 +220,12 @@ def test_tariff_coverage_errors_match_a_minute_map(tmp_path):
     assert not bad, bad[:3]
 
 
+def test_boot_hands_out_a_compact_copy_of_the_config():
+    got = run_mp("config_cases", "compact_copy").json()
+    assert got == {"equal": True, "new_containers": True, "new_floats": True, "summer_shared": True,
+                   "valley_shared": True, "board_kept": True}, got
+
+
 def test_defaults_are_filled():
     res = run_mp("config_cases", "defaults")
     assert res.json() == [200, 10, "home-charger-01", "none", 23 * 60, 7 * 60 + 30, None, "lfp"]

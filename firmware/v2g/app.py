@@ -63,7 +63,50 @@ def load(path, boards_dir):
     import gc
 
     gc.collect()
+    # The values JSON gave us (floats and strings are heap objects) sit
+    # where the parser and the validator left them, one every few blocks
+    # across the region their garbage freed: the next large allocations
+    # (the controller's, the cloud link's attribute tables) found no block
+    # there. A copy made now fills the holes below from the heap's start,
+    # and the originals free that region in one piece (a ROMFS day with TLS
+    # then got through boot in 108 KB, where the cloud link's 592-byte
+    # table found no block before; the day there still runs short later).
+    memo = {}
+    cfg = _compact(cfg, memo)
+    board = _compact(board, memo)
+    memo = None
+    gc.collect()
     return cfg, board
+
+
+def _compact(v, memo):
+    """A copy of a config tree made of dicts, lists, tuples, floats and
+    strings; anything else, and what is shared (a season's periods, held
+    for several months), is kept as it is shared. memo: id -> copy."""
+    k = id(v)
+    if k in memo:
+        return memo[k]
+    t = type(v)
+    if t is dict:
+        out = {}
+        memo[k] = out
+        for key in v:
+            out[_compact(key, memo)] = _compact(v[key], memo)
+    elif t is list:
+        out = [None] * len(v)
+        memo[k] = out
+        for i in range(len(v)):
+            out[i] = _compact(v[i], memo)
+    elif t is tuple:
+        out = tuple([_compact(x, memo) for x in v])
+        memo[k] = out
+    elif t is float:
+        out = memo[k] = v * 1.0
+    elif t is str:
+        out = memo[k] = "%s" % v
+    else:
+        out = v  # ints, None, booleans, parsed links
+    return out
 
 
 def build(cfg, board, clock, shared=None):
@@ -280,4 +323,12 @@ def main(argv=None):
         log.event("stop", fields)
     except KeyboardInterrupt:
         pass  # stopped already; only the summary line is lost
+    except MemoryError:
+        # 0 W and `offline` are done: a heap the day left too fragmented
+        # for the summary's tables costs the summary, not the exit status
+        gc.collect()
+        try:
+            log.event("stop", {"summary": "no heap"})
+        except MemoryError:
+            pass
     return app

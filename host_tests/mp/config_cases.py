@@ -51,4 +51,24 @@ def client_ids(path):
     return [config.validate(raw)["mqtt"]["client_id"] for raw in json.loads(open(path).read())]
 
 
+def compact_copy():
+    # app.load hands out a copy of the validated tree (the originals were
+    # scattered through the validator's garbage): equal, its floats and
+    # containers new, what the config shares still shared
+    from v2g import app
+
+    c = config.load("examples/site.json")
+    d = app._compact(c, {})
+    t, u = c["tariff"], d["tariff"]
+    cfg, board = app.load("examples/site.json", "board_configs")
+    return {
+        "equal": d == c and cfg == c,
+        "new_containers": d is not c and u["periods"] is not t["periods"] and u["periods"][0] is not t["periods"][0],
+        "new_floats": u["periods"][0]["import"] is not t["periods"][0]["import"],
+        "summer_shared": u["seasons"][6] is u["seasons"][7] and u["seasons"][7] is u["seasons"][8],
+        "valley_shared": u["seasons"][0][0] is u["periods"][0] and cfg["tariff"]["seasons"][0][0] is cfg["tariff"]["periods"][0],
+        "board_kept": bool(board),
+    }
+
+
 cases.main(globals())
