@@ -90,6 +90,5 @@ def test_the_firmware_stops_cleanly_on_a_sigterm_sent_to_it(tmp_path, broker, li
     out = fw.output()
     assert rc == 0, out[-2000:]
     assert time.time() - t_sig < 10
-    stop = [e for e in fw.events("stop")]
-    assert stop, out[-2000:]
+    assert fw.events("stop"), out[-2000:]
     assert inv.inv.writes and inv.inv.writes[-1][1] == 0

@@ -80,9 +80,10 @@ def load(path, boards_dir):
 
 
 def _compact(v, memo):
-    """A copy of a config tree made of dicts, lists, tuples, floats and
-    strings; anything else, and what is shared (a season's periods, held
-    for several months), is kept as it is shared. memo: id -> copy."""
+    """A copy of a config tree's dicts, lists, tuples, floats and strings
+    (anything else is kept as it is). What the tree shares, a season's
+    periods held for several months, stays shared in the copy. memo: id ->
+    copy."""
     k = id(v)
     if k in memo:
         return memo[k]

@@ -333,7 +333,7 @@ def _check_coverage(path, periods):
         first, owner = n, -1
         for j in range(i):
             q = periods[j]
-            if (s - q["start"]) % 1440 < (q["end"] - q["start"]) % 1440:
+            if _holds(q, s):
                 d = 0  # starts inside period j
             else:
                 d = (q["start"] - s) % 1440  # period j starts d minutes in
@@ -348,7 +348,7 @@ def _check_coverage(path, periods):
     # the next period's start (or midnight)
     gap = 1440
     for m in [0] + [p["end"] for p in periods]:
-        if m < gap and not _covered(periods, m):
+        if m < gap and not any(_holds(p, m) for p in periods):
             gap = m
     if gap < 1440:
         e = 1440
@@ -358,11 +358,9 @@ def _check_coverage(path, periods):
         raise ConfigError(path, "gap from " + min_to_hhmm(gap) + " to " + min_to_hhmm(e % 1440))
 
 
-def _covered(periods, m):
-    for p in periods:
-        if (m - p["start"]) % 1440 < (p["end"] - p["start"]) % 1440:
-            return True
-    return False
+def _holds(p, m):
+    # minute m of the day is in period p (which may wrap past midnight)
+    return (m - p["start"]) % 1440 < (p["end"] - p["start"]) % 1440
 
 
 def min_to_hhmm(m):
