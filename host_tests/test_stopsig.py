@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from conftest import MICROPYTHON, MP, ROOT, mp_env, run_mp
+from conftest import MICROPYTHON, MP, ROOT, mp_env, run_mp, site_config
 from tools import children
+from tools.harness import Firmware
 
 # a status file as Linux writes it, the fields this reads placed across the
 # reader's 64-byte chunks
@@ -74,9 +75,6 @@ def test_the_firmware_stops_cleanly_on_a_sigterm_sent_to_it(tmp_path, broker, li
     """SIGTERM used to kill the unix port on the spot (power still flowing,
     without the launcher's SIGINT); blocked, it is a clean stop: 0 W, then
     `offline`, exit 0."""
-    from conftest import site_config
-    from tools.harness import Firmware
-
     b = broker()
     inv = live_inverter()
     cfg_path, _ = site_config(tmp_path, inv.port, b.port)
